@@ -32,4 +32,5 @@ if [ ! -f "$stamp" ]; then
 fi
 
 deploy/local/kafka.sh fetch
+[ -x deploy/tools/install-kustomize.sh ] && deploy/tools/install-kustomize.sh
 echo "bootstrap: ready"

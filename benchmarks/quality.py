@@ -1,0 +1,204 @@
+"""Detection quality of the default trainer against scikit-learn's IsolationForest, in one run.
+
+Each set is split into normal rows to train on and a test set (the remaining normal rows plus the
+anomalies). The autoencoder is trained with `trainer.fit.fit_model` and default options; the
+IsolationForest gets the same training rows and the same threshold rule (the 99th percentile of
+scores on held-out normal rows). Both are scored on the same test rows.
+
+    python benchmarks/quality.py            # every set, markdown table on stdout
+    python benchmarks/quality.py --quick    # fewer repeats, no 60,000 x 784 timing
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from sklearn.ensemble import IsolationForest  # noqa: E402
+from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
+
+from trainer.fit import FitOptions, fit_model, split_normal_rows  # noqa: E402
+
+TEST_SHARE = 0.3  # share of normal rows kept for the test set
+
+
+@dataclass
+class Case:
+    name: str
+    x: np.ndarray
+    labels: np.ndarray  # 0 normal, 1 anomaly
+    image_shape: tuple[int, ...] | None = None
+
+
+@dataclass
+class Result:
+    ae_auc: float
+    if_auc: float
+    ae_f1: float
+    if_f1: float
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.data / 16.0, d.target
+
+
+def cases(quick: bool) -> Iterator[Case]:
+    from sklearn.datasets import load_breast_cancer, load_wine
+
+    try:
+        from trainer.data import load_dataset
+
+        ds = load_dataset("builtin:sensors")
+        assert ds.labels is not None
+        yield Case("builtin:sensors", ds.x, (ds.labels != 0).astype(int))
+    except ImportError as exc:
+        print(f"skipping builtin:sensors: {exc}", file=sys.stderr)
+
+    x, y = digits()
+    for k in range(10) if not quick else (0, 3, 8):
+        yield Case(f"digits one-class ({k})", x, (y != k).astype(int), (8, 8))
+
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(0.0, 1.0, size=(180, 64))
+    yield Case(
+        "digits + uniform noise",
+        np.vstack([x, noise]),
+        np.r_[np.zeros(len(x), int), np.ones(len(noise), int)],
+        (8, 8),
+    )
+
+    # ODDS "wine": classes 2 and 3 are normal, 10 rows of class 1 are the outliers.
+    w = load_wine()
+    normal = np.flatnonzero(w.target != 0)
+    outl = rng.choice(np.flatnonzero(w.target == 0), 10, replace=False)
+    idx = np.r_[normal, outl]
+    yield Case("ODDS wine", w.data[idx], (w.target[idx] == 0).astype(int))
+
+    # ODDS "wbc": benign rows are normal, 21 malignant rows are the outliers.
+    b = load_breast_cancer()
+    benign = np.flatnonzero(b.target == 1)
+    outl = rng.choice(np.flatnonzero(b.target == 0), 21, replace=False)
+    idx = np.r_[benign, outl]
+    yield Case("ODDS breast-cancer", b.data[idx], (b.target[idx] == 0).astype(int))
+
+
+def run_case(case: Case, seed: int, options: FitOptions) -> Result:
+    rng = np.random.default_rng(seed)
+    normal = rng.permutation(np.flatnonzero(case.labels == 0))
+    n_test = int(round(len(normal) * TEST_SHARE))
+    fit_rows, test_normal = normal[n_test:], normal[:n_test]
+    test = np.r_[test_normal, np.flatnonzero(case.labels != 0)]
+    truth = case.labels[test]
+    names = [f"f{i}" for i in range(case.x.shape[1])]
+
+    opts = FitOptions(**{**options.__dict__, "seed": seed, "image_shape": case.image_shape})
+    trained = fit_model(case.x[fit_rows], names, None, opts, quiet=True)
+    from trainer.fit import reconstruction_errors
+
+    xs = trained.scaler.transform(case.x[test])
+    ae_scores = reconstruction_errors(trained.model, xs, trained.spec.input_shape)
+    ae_pred = ae_scores > trained.threshold
+
+    # IsolationForest: same training rows (train + validation), same threshold rule.
+    tr, va, cal = split_normal_rows(len(fit_rows), opts.validation_split, opts.calibration_split, seed)
+    forest = IsolationForest(random_state=seed).fit(case.x[fit_rows[np.r_[tr, va]]])
+    cal_scores = -forest.score_samples(case.x[fit_rows[cal]])
+    if_scores = -forest.score_samples(case.x[test])
+    if_pred = if_scores > np.percentile(cal_scores, opts.percentile)
+    return Result(
+        ae_auc=roc_auc_score(truth, ae_scores),
+        if_auc=roc_auc_score(truth, if_scores),
+        ae_f1=f1_score(truth, ae_pred),
+        if_f1=f1_score(truth, if_pred),
+    )
+
+
+def mean_result(results: list[Result]) -> Result:
+    return Result(*(float(np.mean([getattr(r, f) for r in results])) for f in Result.__dataclass_fields__))
+
+
+def time_digits() -> str:
+    x, _ = digits()
+    started = time.perf_counter()
+    trained = fit_model(x, [f"p{i}" for i in range(64)], None, FitOptions(image_shape=(8, 8)), quiet=True)
+    took = time.perf_counter() - started
+    epochs = len(trained.history["loss"])
+    return (
+        f"builtin:digits (1,797 x 64, defaults): {took:.1f} s total, {epochs} epochs, "
+        f"{trained.train_seconds / epochs * 1000:.0f} ms per epoch"
+    )
+
+
+def time_large(architecture: str) -> str:
+    rng = np.random.default_rng(0)
+    # Low-rank structure plus noise, in [0, 1] like pixels.
+    basis = rng.normal(size=(16, 784))
+    x = 1.0 / (1.0 + np.exp(-(rng.normal(size=(60_000, 16)) @ basis) / 4.0))
+    x = (x + rng.normal(scale=0.02, size=x.shape)).clip(0, 1)
+    epochs = 2
+    opts = FitOptions(image_shape=(28, 28), architecture=architecture, epochs=epochs)  # type: ignore[arg-type]
+    trained = fit_model(x, [f"p{i}" for i in range(784)], None, opts, quiet=True)
+    per_epoch = trained.train_seconds / len(trained.history["loss"])
+    return (
+        f"60,000 x 784 synthetic rows, {architecture} default model "
+        f"({trained.spec.hidden} -> {trained.spec.latent}, batch "
+        f"{trained.manifest.hyperparameters['batch_size']}): {per_epoch:.1f} s per epoch"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer sets and repeats, no large timing")
+    ap.add_argument("--repeats", type=int, default=None, help="random splits per set (default 3)")
+    ap.add_argument("--only", default=None, help="run only sets whose name contains this")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 3)
+    options = FitOptions()
+    started = time.perf_counter()
+    rows = []
+    for case in cases(args.quick):
+        if args.only and args.only not in case.name:
+            continue
+        r = mean_result([run_case(case, seed, options) for seed in range(repeats)])
+        ratio = r.ae_auc / r.if_auc if r.if_auc else float("nan")
+        line = (
+            f"| {case.name} | {r.ae_auc:.3f} | {r.if_auc:.3f} | {r.ae_f1:.3f} | {r.if_f1:.3f} "
+            f"| {ratio:.3f} |"
+        )
+        rows.append((r, line))
+        print(line, file=sys.stderr, flush=True)
+    timing: list[str] = []
+    if not args.only:
+        timing.append(time_digits())
+        if not args.quick:
+            timing += [time_large("dense"), time_large("conv")]
+    day = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"Detection quality, default trainer vs IsolationForest ({day}; mean of {repeats} splits)\n")
+    print("| dataset | AE ROC-AUC | IF ROC-AUC | AE F1 | IF F1 | ratio (AE/IF ROC-AUC) |")
+    print("|---|---|---|---|---|---|")
+    for _, line in rows:
+        print(line)
+    if rows:
+        wins = sum(r.ae_auc >= r.if_auc and r.ae_f1 >= r.if_f1 for r, _ in rows)
+        print(f"\nAE at or above IF on both ROC-AUC and F1: {wins} of {len(rows)} sets")
+    for t in timing:
+        print(f"\n- {t}")
+    print(f"\n(benchmark run took {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

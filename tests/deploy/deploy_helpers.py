@@ -1,0 +1,62 @@
+"""Paths and helpers shared by the deployment tests (a module of its own: `conftest` is not
+importable by name when several test folders have one)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+RULES_DIR = DEPLOY / "prometheus" / "rules"
+RULE_TESTS_DIR = DEPLOY / "prometheus" / "tests"
+DASHBOARDS_DIR = DEPLOY / "grafana" / "dashboards"
+COMPOSE_FILE = DEPLOY / "compose" / "compose.yaml"
+K8S = DEPLOY / "k8s"
+VENV_BIN = Path(sys.executable).parent
+KUSTOMIZE = ROOT / ".tools" / "bin" / "kustomize"
+
+
+def require_tool(name: str, hint: str) -> str:
+    """Absolute path of `name` (the venv's bin first), or fail the test saying how to get it."""
+    candidate = VENV_BIN / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: {hint}")
+    return found
+
+
+def run(cmd: list[str], cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a command, failing the test with its output when it exits non-zero."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+            f"--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def rule_files() -> list[Path]:
+    files = sorted(RULES_DIR.glob("*.yml"))
+    assert files, f"no rule files in {RULES_DIR}"
+    return files
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
+    for path in rule_files():
+        groups.extend(yaml.safe_load(path.read_text())["groups"])
+    return groups
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in rule_groups() for rule in group["rules"] if "alert" in rule]

@@ -1,0 +1,394 @@
+"""``anomaly-trainer``: argument parsing and wiring of the trainer's commands.
+
+Every `TrainerError` ends as one line on stderr and exit code 2; nothing is published then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer import artifact
+from trainer.errors import ConfigError, DataError, TrainerError
+
+PROG = "anomaly-trainer"
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _image_shape(text: str) -> tuple[int, ...]:
+    try:
+        from trainer.data import parse_image_shape
+
+        return tuple(parse_image_shape(text))
+    except ImportError:  # pragma: no cover - data.py always ships with the package
+        return _int_list(text)
+    except TrainerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _data_options(p: argparse.ArgumentParser, *, image: bool = False) -> None:
+    p.add_argument("--label-column", help="column holding labels (0 = normal); other values are anomalies")
+    p.add_argument("--features", type=_names, help="comma-separated feature columns to use, in order")
+    if image:
+        p.add_argument("--image-shape", type=_image_shape, help="HxW or HxWxC for flat pixel rows")
+
+
+def _model_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-dir", required=True, type=Path, help="directory holding the versions")
+
+
+def _version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", help="use this version instead of the current one (e.g. v3)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train, calibrate, evaluate and publish autoencoder anomaly detectors.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="train, calibrate and publish a new version")
+    p.add_argument("data", metavar="DATA", help="file (.csv .jsonl .parquet .npy .npz), kafka://..., or builtin:NAME")
+    _model_dir(p)
+    _data_options(p, image=True)
+    g = p.add_argument_group("model (defaults follow the data)")
+    g.add_argument("--architecture", choices=["dense", "conv"], help="default: dense")
+    g.add_argument("--hidden", type=_int_list, help="dense layer widths (or conv filters), e.g. 64,16")
+    g.add_argument("--latent", type=int, help="size of the latent code")
+    g.add_argument("--denoise", type=float, metavar="NOISE_FACTOR", help="train as a denoising autoencoder: Gaussian noise of this std on the scaled inputs")
+    g.add_argument("--loss", choices=["mse", "bce"], default="mse", help="bce implies --scaler minmax (default: mse)")
+    g.add_argument("--scaler", choices=["minmax", "standard"], help="default: minmax for images and bce, standard otherwise")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=150, help="maximum epochs; early stopping usually ends sooner (default 150)")
+    g.add_argument("--batch-size", type=int, help="default: grows with the data, 16 to 256")
+    g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    g.add_argument("--patience", type=int, default=12, help="epochs without validation improvement before stopping (default 12)")
+    g.add_argument("--validation-split", type=float, default=0.15, help="share of normal rows for early stopping (default 0.15)")
+    g.add_argument("--calibration-split", type=float, default=0.15, help="share of normal rows held out for the threshold (default 0.15)")
+    g.add_argument("--seed", type=int, default=0, help="random seed: same data and seed, same model (default 0)")
+    g.add_argument("--percentile", type=float, default=99.0, help="threshold percentile of held-out normal errors (default 99)")
+    g = p.add_argument_group("output")
+    g.add_argument("--report", type=Path, metavar="DIR", help="write loss, error, latent and reconstruction plots here")
+    g.add_argument("--keep", type=int, default=artifact.DEFAULT_KEEP, help=f"versions to keep (default {artifact.DEFAULT_KEEP})")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("score", help="offline scores, the same numbers the worker emits")
+    p.add_argument("data", metavar="DATA")
+    _model_dir(p)
+    _data_options(p)
+    _version(p)
+    p.add_argument("--output", "-o", type=Path, help="JSON Lines file (default: stdout)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("evaluate", help="precision, recall, F1, ROC-AUC, PR-AUC against labels")
+    p.add_argument("data", metavar="DATA")
+    _model_dir(p)
+    _data_options(p)
+    _version(p)
+    p.add_argument("--report", type=Path, metavar="DIR", help="write error and latent plots here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("encode", help="latent codes of each row (compression)")
+    p.add_argument("data", metavar="DATA")
+    _model_dir(p)
+    _data_options(p)
+    _version(p)
+    p.add_argument("--output", "-o", type=Path, required=True, help=".npy, .npz, .csv or .jsonl")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="reconstructed rows from latent codes")
+    p.add_argument("data", metavar="CODES", help="codes written by `encode` (.npy, .npz, .csv, .jsonl)")
+    _model_dir(p)
+    _version(p)
+    p.add_argument("--output", "-o", type=Path, required=True, help=".npy, .npz, .csv or .jsonl")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("denoise", help="cleaned records from a denoising model")
+    p.add_argument("data", metavar="DATA")
+    _model_dir(p)
+    _data_options(p)
+    _version(p)
+    p.add_argument("--output", "-o", type=Path, required=True, help=".npy, .npz, .csv or .jsonl")
+    p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("versions", help="published versions; * marks the current one")
+    _model_dir(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("promote", help="make an older version current (rollback)")
+    p.add_argument("version", metavar="VERSION", help="e.g. v2 or 2")
+    _model_dir(p)
+    p.set_defaults(func=cmd_promote)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load(source: str, args: argparse.Namespace, *, image_shape: Any = None, min_rows: int | None = 1) -> Any:
+    """Load DATA; ``min_rows=None`` keeps the loader's training minimum."""
+    from trainer.data import MIN_ROWS, load_dataset
+
+    return load_dataset(
+        source,
+        label_column=getattr(args, "label_column", None),
+        features=getattr(args, "features", None),
+        image_shape=image_shape,
+        min_rows=MIN_ROWS if min_rows is None else min_rows,
+    )
+
+
+def _bundle(args: argparse.Namespace) -> artifact.ModelBundle:
+    return artifact.load_bundle(args.model_dir, getattr(args, "version", None))
+
+
+def _model_rows(ds: Any, bundle: artifact.ModelBundle) -> Any:
+    from trainer.evaluate import align_features
+
+    return align_features(ds.x, ds.feature_names, bundle.manifest)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from trainer.fit import FitOptions, fit_model, publish_model
+
+    if args.keep < 1:
+        raise ConfigError(f"--keep must be at least 1, got {args.keep}")
+    ds = _load(args.data, args, image_shape=args.image_shape, min_rows=None)
+    image_shape = args.image_shape or ds.image_shape
+    if args.architecture == "conv" and image_shape is None:
+        raise ConfigError("--architecture conv needs --image-shape HxW[xC] for this data")
+    options = FitOptions(
+        architecture=args.architecture,
+        image_shape=tuple(image_shape) if image_shape else None,
+        hidden=args.hidden,
+        latent=args.latent,
+        denoise=args.denoise,
+        loss=args.loss,
+        scaler=args.scaler,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        validation_split=args.validation_split,
+        calibration_split=args.calibration_split,
+        percentile=args.percentile,
+        seed=args.seed,
+    )
+    trained = fit_model(ds.x, ds.feature_names, ds.labels, options, source=ds.source, quiet=args.quiet)
+    version = publish_model(trained, args.model_dir, keep=args.keep)
+    m = trained.manifest
+    if args.report:
+        from trainer.report import write_report
+
+        write_report(
+            args.report,
+            manifest=m,
+            scaler=trained.scaler,
+            model=trained.model,
+            x=trained.heldout_x,
+            labels=trained.heldout_labels,
+            errors=trained.heldout_errors,
+            history=trained.history,
+            best_epoch=trained.best_epoch,
+            title="Training report",
+        )
+    vm = m.validation_metrics
+    extra = "".join(f", {k} {vm[k]:.4f}" for k in ("roc_auc", "pr_auc") if k in vm)
+    print(
+        f"published {version} to {args.model_dir}: threshold {m.threshold:.6g} "
+        f"(p{m.percentile:g} of {m.rows.calibration} held-out rows), val_loss {vm['val_loss']:.5g}{extra}"
+        + (f"; report in {args.report}" if args.report else "")
+    )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from trainer.evaluate import score_rows, write_scores
+
+    bundle = _bundle(args)
+    ds = _load(args.data, args)
+    x = _model_rows(ds, bundle)
+    result = score_rows(bundle, x)
+    if args.output:
+        tmp = args.output.with_name(args.output.name + ".part")
+        try:
+            with tmp.open("w") as fh:
+                write_scores(fh, result, bundle.threshold, ds.ids)
+        except OSError as exc:
+            raise DataError(f"cannot write {args.output}: {exc.strerror}") from exc
+        os.replace(tmp, args.output)
+    else:
+        write_scores(sys.stdout, result, bundle.threshold, ds.ids)
+    flagged = int(result.is_anomaly(bundle.threshold).sum())
+    _err(f"scored {len(result.scores)} rows with {bundle.version}: {flagged} above threshold {bundle.threshold:.6g}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trainer.evaluate import evaluate_bundle, format_metrics
+
+    bundle = _bundle(args)
+    ds = _load(args.data, args)
+    if ds.labels is None:
+        raise ConfigError("evaluate needs labels: pass --label-column COL (0 = normal)")
+    x = _model_rows(ds, bundle)
+    ev = evaluate_bundle(bundle, x, ds.labels)
+    if args.report:
+        from trainer.report import write_report
+
+        write_report(
+            args.report,
+            manifest=bundle.manifest,
+            scaler=bundle.scaler,
+            model=bundle.model,
+            x=x,
+            labels=(ds.labels != 0).astype(int),
+            errors=ev.scores,
+            metrics=ev.metrics,
+            title="Evaluation report",
+        )
+    if args.json:
+        print(json.dumps(ev.metrics))
+    else:
+        print(format_metrics(ev.metrics))
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from trainer.evaluate import encode_rows, write_table
+
+    bundle = _bundle(args)
+    ds = _load(args.data, args)
+    x = _model_rows(ds, bundle)
+    codes, stats = encode_rows(bundle, x)
+    write_table(args.output, codes, [f"z{i}" for i in range(codes.shape[1])], ds.ids)
+    print(
+        f"encoded {len(codes)} rows to {args.output}: {x.shape[1]} -> {codes.shape[1]} values per row "
+        f"(compression {stats['compression_ratio']:.1f}x), reconstruction RMSE {stats['rmse']:.4g} "
+        f"(mean score {stats['mean_score']:.4g}, threshold {bundle.threshold:.4g})"
+    )
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from trainer.evaluate import decode_codes, write_table
+
+    bundle = _bundle(args)
+    from trainer.data import load_dataset
+
+    ds = load_dataset(args.data, min_rows=1)
+    rows = decode_codes(bundle, ds.x)
+    write_table(args.output, rows, bundle.feature_names, ds.ids)
+    print(
+        f"decoded {len(rows)} codes to {args.output}: {ds.x.shape[1]} -> {rows.shape[1]} values per row "
+        f"(compression {rows.shape[1] / ds.x.shape[1]:.1f}x); reconstruction error of the original "
+        f"rows is what `encode` reported"
+    )
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from trainer.evaluate import denoise_rows, score_rows, write_table
+
+    bundle = _bundle(args)
+    if not bundle.manifest.denoise:
+        _err(
+            f"note: {bundle.version} was not trained with --denoise; its reconstructions smooth "
+            "records but were not trained to remove noise"
+        )
+    ds = _load(args.data, args)
+    x = _model_rows(ds, bundle)
+    score_rows(bundle, x[:1])  # validates shape and values with the scoring rules
+    cleaned = denoise_rows(bundle, x)
+    write_table(args.output, cleaned, bundle.feature_names, ds.ids)
+    change = float(np.sqrt(np.mean(np.square(cleaned - x))))
+    print(f"denoised {len(cleaned)} rows to {args.output} with {bundle.version}: RMS change {change:.4g}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    if not Path(args.model_dir).is_dir():
+        raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
+    infos = artifact.list_versions(args.model_dir)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "version": v.version,
+                        "current": v.is_current,
+                        "created_at": v.created_at.isoformat() if v.created_at else None,
+                        "threshold": v.threshold,
+                    }
+                    for v in infos
+                ]
+            )
+        )
+        return 0
+    if not infos:
+        print(f"no versions in {args.model_dir}: run `{PROG} fit`")
+        return 0
+    for v in infos:
+        created = v.created_at.strftime("%Y-%m-%d %H:%M:%S UTC") if v.created_at else "(unreadable manifest)"
+        threshold = f"threshold {v.threshold:.6g}" if v.threshold is not None else ""
+        print(f"{'*' if v.is_current else ' '} {v.version:<6} {created}  {threshold}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    before = artifact.current_version(args.model_dir)
+    if not Path(args.model_dir).is_dir():
+        raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
+    name = artifact.normalize_version(args.version)
+    artifact.set_current(args.model_dir, name)
+    print(f"current version is now {name}" + (f" (was {before})" if before and before != name else ""))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TrainerError as exc:
+        _err(f"{PROG} {args.command}: error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err(f"{PROG} {args.command}: interrupted; nothing was published")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

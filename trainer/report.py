@@ -1,0 +1,262 @@
+"""The ``--report DIR`` pictures and summary: what a user looks at to trust (or not) a model.
+
+Files written (those that apply):
+- ``loss.png``: training and validation loss per epoch, the kept epoch marked;
+- ``errors.png``: reconstruction-error histogram on a log axis, normal vs anomalous rows, threshold;
+- ``reconstructions.png``: image models only, originals over reconstructions (and, for denoising
+  models, the noisy input the model was trained to clean);
+- ``latent.png``: a 2-D PCA projection of the latent codes coloured by label;
+- ``summary.md`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer import artifact
+
+NORMAL_COLOR = "#1f77b4"
+ANOMALY_COLOR = "#d62728"
+THRESHOLD_COLOR = "#333333"
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(path: Path, history: dict[str, list[float]], best_epoch: int, loss_name: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    ax.plot(epochs, history["loss"], label="training", color=NORMAL_COLOR)
+    if "val_loss" in history:
+        ax.plot(epochs, history["val_loss"], label="validation", color="#ff7f0e")
+    ax.axvline(best_epoch, color=THRESHOLD_COLOR, ls="--", lw=1, label=f"kept weights (epoch {best_epoch})")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{loss_name} loss (scaled units, log)")
+    ax.set_title("Training progress: validation loss decides when to stop")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_errors(path: Path, errors: np.ndarray, is_anomaly: np.ndarray, threshold: float, percentile: float) -> None:
+    plt = _plt()
+    errors = np.maximum(np.asarray(errors, dtype=np.float64), 1e-12)
+    lo, hi = errors.min(), max(errors.max(), threshold)
+    bins = np.geomspace(lo * 0.9, hi * 1.1, 60)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    normal = errors[~is_anomaly]
+    anomal = errors[is_anomaly]
+    ax.hist(normal, bins=bins, alpha=0.65, color=NORMAL_COLOR, label=f"normal ({normal.size})")
+    if anomal.size:
+        ax.hist(anomal, bins=bins, alpha=0.65, color=ANOMALY_COLOR, label=f"anomaly ({anomal.size})")
+    ax.axvline(threshold, color=THRESHOLD_COLOR, ls="--", lw=1.5, label=f"threshold {threshold:.4g} (p{percentile:g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("reconstruction error (mean squared, scaled units, log)")
+    ax.set_ylabel("rows")
+    flagged_normal = float(np.mean(normal > threshold)) if normal.size else 0.0
+    title = f"Held-out rows: {flagged_normal:.1%} of normal above threshold"
+    if anomal.size:
+        title += f", {np.mean(anomal > threshold):.1%} of anomalies caught"
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latent(path: Path, codes: np.ndarray, labels: np.ndarray) -> None:
+    """PCA of the latent codes; with one latent unit it is plotted against row index."""
+    plt = _plt()
+    codes = np.asarray(codes, dtype=np.float64)
+    if codes.shape[1] >= 2:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2, random_state=0).fit(codes)
+        pts = pca.transform(codes)
+        xlabel = f"PC1 ({pca.explained_variance_ratio_[0]:.0%} of latent variance)"
+        ylabel = f"PC2 ({pca.explained_variance_ratio_[1]:.0%})"
+    else:
+        pts = np.c_[np.arange(codes.shape[0]), codes[:, 0]]
+        xlabel, ylabel = "row", "latent value"
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    anomal = labels != 0
+    ax.scatter(pts[~anomal, 0], pts[~anomal, 1], s=9, alpha=0.6, color=NORMAL_COLOR, label="normal")
+    if anomal.any():
+        ax.scatter(pts[anomal, 0], pts[anomal, 1], s=12, alpha=0.7, color=ANOMALY_COLOR, marker="x", label="anomaly")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"Latent space ({codes.shape[1]} dims), 2-D PCA projection", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reconstructions(
+    path: Path,
+    rows: Sequence[tuple[str, np.ndarray]],
+    image_shape: Sequence[int],
+    captions: Sequence[str],
+) -> None:
+    """A grid: one column per example, one row per stage (original, noisy, reconstruction)."""
+    plt = _plt()
+    n = len(captions)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 1.2, 1.45 * len(rows) + 0.5), squeeze=False)
+    shape = tuple(image_shape)
+    for r, (name, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            img = np.asarray(images[c]).reshape(shape)
+            if img.ndim == 3 and img.shape[2] == 1:
+                img = img[:, :, 0]
+            ax.imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if r == 0:
+                ax.set_title(captions[c], fontsize=7)
+    fig.suptitle("Originals and reconstructions (error under each title)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pick_examples(errors: np.ndarray, labels: np.ndarray, k: int = 8) -> np.ndarray:
+    """Typical normal rows, the worst normal ones, and the clearest anomalies."""
+    normal = np.flatnonzero(labels == 0)
+    anomal = np.flatnonzero(labels != 0)
+    order_n = normal[np.argsort(errors[normal])]
+    picks: list[int] = []
+    if anomal.size:
+        picks += list(order_n[:: max(1, len(order_n) // 3)][:3]) + list(order_n[-1:])
+        order_a = anomal[np.argsort(errors[anomal])]
+        picks += list(order_a[np.linspace(0, len(order_a) - 1, min(k - len(picks), len(order_a))).astype(int)])
+    else:
+        picks += list(order_n[np.linspace(0, len(order_n) - 1, min(k, len(order_n))).astype(int)])
+    return np.asarray(picks[:k], dtype=int)
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    manifest: artifact.Manifest,
+    scaler: artifact.Scaler,
+    model: Any,
+    x: np.ndarray,
+    labels: np.ndarray,
+    errors: np.ndarray,
+    history: dict[str, list[float]] | None = None,
+    best_epoch: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    title: str = "Model report",
+) -> list[Path]:
+    """Write the PNGs and summary for rows ``x`` (unscaled) with their ``errors`` and ``labels``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    labels = np.asarray(labels)
+    is_anom = labels != 0
+    if history:
+        plot_loss(out / "loss.png", history, best_epoch or len(history["loss"]), manifest.loss)
+        written.append(out / "loss.png")
+    plot_errors(out / "errors.png", errors, is_anom, manifest.threshold, manifest.percentile)
+    written.append(out / "errors.png")
+
+    xs = scaler.transform(x).reshape(-1, *manifest.input_shape)
+    encoder = model.get_layer("encoder")
+    decoder = model.get_layer("decoder")
+    codes = np.concatenate(
+        [np.asarray(encoder(xs[i : i + 4096], training=False)) for i in range(0, len(xs), 4096)]
+    ).reshape(len(xs), -1)
+    plot_latent(out / "latent.png", codes, labels)
+    written.append(out / "latent.png")
+
+    if manifest.image_shape:
+        picks = _pick_examples(errors, labels)
+        originals = xs[picks]
+        rows: list[tuple[str, np.ndarray]] = [("original", originals)]
+        if manifest.denoise:
+            rng = np.random.default_rng(0)
+            noisy = originals + rng.normal(scale=manifest.denoise, size=originals.shape).astype(np.float32)
+            rows.append((f"noisy (σ={manifest.denoise:g})", noisy))
+            rows.append(("denoised", np.asarray(decoder(encoder(noisy, training=False), training=False))))
+        rows.append(("reconstruction", np.asarray(model(originals, training=False))))
+        captions = [
+            f"{'ANOMALY' if is_anom[i] else 'normal'}\n{errors[i]:.3g}"
+            + (" >thr" if errors[i] > manifest.threshold else "")
+            for i in picks
+        ]
+        plot_reconstructions(out / "reconstructions.png", rows, manifest.image_shape, captions)
+        written.append(out / "reconstructions.png")
+
+    summary = {
+        "title": title,
+        "version": manifest.version,
+        "architecture": manifest.architecture,
+        "features": manifest.n_features,
+        "latent_dim": manifest.latent_dim,
+        "loss": manifest.loss,
+        "denoise": manifest.denoise,
+        "threshold": manifest.threshold,
+        "percentile": manifest.percentile,
+        "rows": manifest.rows.model_dump(),
+        "validation_metrics": manifest.validation_metrics,
+        "hyperparameters": manifest.hyperparameters,
+        "report_rows": int(len(errors)),
+        "report_anomalies": int(is_anom.sum()),
+        "metrics": metrics,
+        "files": [p.name for p in written],
+        "notes": manifest.notes,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "summary.md").write_text(_summary_md(summary))
+    written += [out / "summary.json", out / "summary.md"]
+    return written
+
+
+def _summary_md(s: dict[str, Any]) -> str:
+    r = s["rows"]
+    lines = [
+        f"# {s['title']}: {s['version']}",
+        "",
+        f"- model: {s['architecture']} autoencoder, {s['features']} features -> latent {s['latent_dim']}, "
+        f"loss {s['loss']}" + (f", denoising (noise {s['denoise']:g})" if s["denoise"] else ""),
+        f"- threshold: {s['threshold']:.6g} (the {s['percentile']:g}th percentile of "
+        f"{r['calibration']} held-out normal rows)",
+        f"- rows: {r['total']} total, {r['train']} train, {r['validation']} validation, "
+        f"{r['calibration']} calibration, {r['excluded_labelled']} labelled anomalies left out",
+    ]
+    vm = s["validation_metrics"]
+    if vm:
+        lines.append("- validation: " + ", ".join(f"{k} {v:.4g}" for k, v in vm.items()))
+    if s.get("metrics"):
+        m = s["metrics"]
+        lines.append(
+            "- evaluation: "
+            + ", ".join(
+                f"{k} {m[k]:.4f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc") if m.get(k) is not None
+            )
+        )
+    lines += ["", "## Pictures", ""]
+    lines += [f"![{f}]({f})" for f in s["files"]]
+    if s["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in s["notes"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""`anomaly-worker`: read the settings once, wire the parts, run until SIGTERM/SIGINT.
+
+Exit codes: 0 after a clean stop (also when fenced by a newer instance in exactly_once mode),
+1 when the loop failed or a stop took longer than ``shutdown_timeout_s``, 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from worker.http import HealthState, HttpEndpoints
+from worker.logs import configure_logging
+from worker.loop import EXIT_ERROR, Worker
+from worker.metrics import WorkerMetrics
+from worker.reload import ModelWatcher
+from worker.settings import WorkerSettings, load_settings
+
+log = logging.getLogger("worker")
+
+EXIT_BAD_SETTINGS = 2
+
+
+def build_worker(settings: WorkerSettings) -> tuple[Worker, HttpEndpoints]:
+    """Assemble the worker and its HTTP endpoints from settings (the one wiring place)."""
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    health = HealthState(settings.liveness_timeout_s)
+    watcher = ModelWatcher(settings.model_dir, settings.model_poll_interval_s, metrics)
+    worker = Worker(settings, metrics, health, watcher)
+    http = HttpEndpoints(settings.metrics_host, settings.metrics_port, registry, health)
+    return worker, http
+
+
+def _install_signal_handlers(worker: Worker, timeout_s: float) -> None:
+    def force_exit() -> None:
+        log.error("clean stop took longer than %.1fs: exiting now", timeout_s)
+        logging.shutdown()
+        os._exit(EXIT_ERROR)
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if worker.stopping:
+            return
+        log.info("%s received: finishing the batch and stopping", signal.Signals(signum).name)
+        worker.stop()
+        timer = threading.Timer(timeout_s, force_exit)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        print(f"anomaly-worker: invalid setting {where}: {first['msg']}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        worker, http = build_worker(settings)
+    except OSError as exc:
+        log.error(
+            "cannot serve HTTP on %s:%d: %s", settings.metrics_host, settings.metrics_port, exc
+        )
+        return EXIT_BAD_SETTINGS
+    _install_signal_handlers(worker, settings.shutdown_timeout_s)
+    http.start()
+    log.info(
+        "anomaly-worker starting",
+        extra={
+            "input_topic": settings.input_topic,
+            "output_topic": settings.output_topic,
+            "dlq_topic": settings.dlq_topic,
+            "group_id": settings.group_id,
+            "delivery": settings.delivery,
+            "model_dir": str(settings.model_dir),
+        },
+    )
+    code = worker.run()
+    http.close()
+    log.info("anomaly-worker exiting", extra={"exit_code": code})
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The worker's settings: read once in `main()` from ``ANOMALY_*`` variables, ``.env`` and flags.
+
+Precedence (highest first): ``--kebab-case`` command-line flags, environment variables, the
+``.env`` file, defaults. Library code receives a `WorkerSettings` object and never reads the
+environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Everything `anomaly-worker` can be configured with (env prefix ``ANOMALY_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ANOMALY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        cli_prog_name="anomaly-worker",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_enforce_required=False,
+        cli_hide_none_type=True,
+        cli_avoid_json=True,
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------------
+    bootstrap_servers: str = Field("localhost:9092", description="comma-separated host:port list")
+    input_topic: str = Field("sensor-readings", description="topic of records to score")
+    output_topic: str = Field("anomalies", description="topic receiving anomaly events")
+    dlq_topic: str = Field("anomalies-dlq", description="dead-letter topic for invalid records")
+    group_id: str = Field("anomaly-worker", description="consumer group shared by all replicas")
+    client_id: str = Field("anomaly-worker", description="Kafka client id (logs, quotas)")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a group with no committed offset starts"
+    )
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: commit after events are acknowledged (duplicates after a crash);"
+        " exactly_once: transactional consume-score-produce (read_committed readers see each once)",
+    )
+    transactional_id: str | None = Field(
+        None,
+        description="exactly_once only; default '<group>-<hostname>' so that a restarted replica"
+        " fences and aborts its predecessor's open transaction at once",
+    )
+    transaction_timeout_ms: int = Field(30000, ge=1000)
+    session_timeout_ms: int = Field(10000, ge=1000)
+    max_poll_interval_ms: int = Field(300000, ge=1000)
+    fetch_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    delivery_timeout_ms: int = Field(30000, ge=1000)
+    request_timeout_ms: int = Field(15000, ge=1000)
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+
+    # --- security (real clusters) --------------------------------------------------------------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    # --- model ---------------------------------------------------------------------------------
+    model_dir: Path = Field(Path("models"), description="directory the trainer publishes into")
+    model_poll_interval_s: float = Field(
+        5.0, gt=0, description="how often CURRENT is checked for a new version"
+    )
+    top_features: int = Field(3, ge=0, description="features listed in each event")
+
+    # --- batching ------------------------------------------------------------------------------
+    batch_max_records: int = Field(1000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(100, ge=0, le=60_000)
+
+    # --- validation ----------------------------------------------------------------------------
+    max_record_bytes: int = Field(1024 * 1024, ge=16, description="larger values go to the DLQ")
+    max_abs_value: float = Field(
+        1e12, gt=0, description="feature values beyond this magnitude go to the DLQ"
+    )
+
+    # --- observability -------------------------------------------------------------------------
+    metrics_host: str = Field("0.0.0.0", description="address of the HTTP endpoints")
+    metrics_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port (logged)")
+    stats_window_s: float = Field(
+        300.0, gt=0, description="window of the anomaly-ratio and drift gauges"
+    )
+    lag_refresh_s: float = Field(5.0, gt=0, description="consumer-lag refresh period")
+    liveness_timeout_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the loop has not turned for this long"
+    )
+    shutdown_timeout_s: float = Field(
+        9.0, gt=0, description="on SIGTERM, exit (code 1) if a clean stop takes longer"
+    )
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkerSettings:
+        if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
+            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username/password")
+        if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
+            raise ValueError(
+                "input_topic, output_topic and dlq_topic must be three different topics"
+            )
+        return self
+
+    @property
+    def effective_transactional_id(self) -> str:
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}"
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, env_file: str | os.PathLike[str] | None = None
+) -> WorkerSettings:
+    """Build the settings from flags (``argv``), environment and ``.env`` (CLI wins)."""
+    kwargs: dict[str, object] = {"_cli_parse_args": list(argv) if argv is not None else []}
+    if env_file is not None:
+        kwargs["_env_file"] = env_file
+    return WorkerSettings(**kwargs)  # type: ignore[arg-type]
