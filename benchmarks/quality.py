@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,7 +113,9 @@ def run_case(case: Case, seed: int, options: FitOptions) -> Result:
     ae_pred = ae_scores > trained.threshold
 
     # IsolationForest: same training rows (train + validation), same threshold rule.
-    tr, va, cal = split_normal_rows(len(fit_rows), opts.validation_split, opts.calibration_split, seed)
+    tr, va, cal = split_normal_rows(
+        len(fit_rows), opts.validation_split, opts.calibration_split, seed
+    )
     forest = IsolationForest(random_state=seed).fit(case.x[fit_rows[np.r_[tr, va]]])
     cal_scores = -forest.score_samples(case.x[fit_rows[cal]])
     if_scores = -forest.score_samples(case.x[test])
@@ -127,13 +129,17 @@ def run_case(case: Case, seed: int, options: FitOptions) -> Result:
 
 
 def mean_result(results: list[Result]) -> Result:
-    return Result(*(float(np.mean([getattr(r, f) for r in results])) for f in Result.__dataclass_fields__))
+    return Result(
+        *(float(np.mean([getattr(r, f) for r in results])) for f in Result.__dataclass_fields__)
+    )
 
 
 def time_digits() -> str:
     x, _ = digits()
     started = time.perf_counter()
-    trained = fit_model(x, [f"p{i}" for i in range(64)], None, FitOptions(image_shape=(8, 8)), quiet=True)
+    trained = fit_model(
+        x, [f"p{i}" for i in range(64)], None, FitOptions(image_shape=(8, 8)), quiet=True
+    )
     took = time.perf_counter() - started
     epochs = len(trained.history["loss"])
     return (
@@ -186,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             timing += [time_large("dense"), time_large("conv")]
     day = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"Detection quality, default trainer vs IsolationForest ({day}; mean of {repeats} splits)\n")
+    print(
+        f"Detection quality, default trainer vs IsolationForest ({day}; mean of {repeats} splits)\n"
+    )
     print("| dataset | AE ROC-AUC | IF ROC-AUC | AE F1 | IF F1 | ratio (AE/IF ROC-AUC) |")
     print("|---|---|---|---|---|---|")
     for _, line in rows:

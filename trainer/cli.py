@@ -25,7 +25,9 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -47,8 +49,12 @@ def _names(text: str) -> list[str]:
 
 
 def _data_options(p: argparse.ArgumentParser, *, image: bool = False) -> None:
-    p.add_argument("--label-column", help="column holding labels (0 = normal); other values are anomalies")
-    p.add_argument("--features", type=_names, help="comma-separated feature columns to use, in order")
+    p.add_argument(
+        "--label-column", help="column holding labels (0 = normal); other values are anomalies"
+    )
+    p.add_argument(
+        "--features", type=_names, help="comma-separated feature columns to use, in order"
+    )
     if image:
         p.add_argument("--image-shape", type=_image_shape, help="HxW or HxWxC for flat pixel rows")
 
@@ -69,28 +75,90 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fit", help="train, calibrate and publish a new version")
-    p.add_argument("data", metavar="DATA", help="file (.csv .jsonl .parquet .npy .npz), kafka://..., or builtin:NAME")
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="file (.csv .jsonl .parquet .npy .npz), kafka://..., or builtin:NAME",
+    )
     _model_dir(p)
     _data_options(p, image=True)
     g = p.add_argument_group("model (defaults follow the data)")
     g.add_argument("--architecture", choices=["dense", "conv"], help="default: dense")
-    g.add_argument("--hidden", type=_int_list, help="dense layer widths (or conv filters), e.g. 64,16")
+    g.add_argument(
+        "--hidden", type=_int_list, help="dense layer widths (or conv filters), e.g. 64,16"
+    )
     g.add_argument("--latent", type=int, help="size of the latent code")
-    g.add_argument("--denoise", type=float, metavar="NOISE_FACTOR", help="train as a denoising autoencoder: Gaussian noise of this std on the scaled inputs")
-    g.add_argument("--loss", choices=["mse", "bce"], default="mse", help="bce implies --scaler minmax (default: mse)")
-    g.add_argument("--scaler", choices=["minmax", "standard"], help="default: minmax for images and bce, standard otherwise")
+    g.add_argument(
+        "--denoise",
+        type=float,
+        metavar="NOISE_FACTOR",
+        help="train as a denoising autoencoder: Gaussian noise of this std on the scaled inputs",
+    )
+    g.add_argument(
+        "--loss",
+        choices=["mse", "bce"],
+        default="mse",
+        help="bce implies --scaler minmax (default: mse)",
+    )
+    g.add_argument(
+        "--scaler",
+        choices=["minmax", "standard"],
+        help="default: minmax for images and bce, standard otherwise",
+    )
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=150, help="maximum epochs; early stopping usually ends sooner (default 150)")
+    g.add_argument(
+        "--epochs",
+        type=int,
+        default=150,
+        help="maximum epochs; early stopping usually ends sooner (default 150)",
+    )
     g.add_argument("--batch-size", type=int, help="default: grows with the data, 16 to 256")
-    g.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
-    g.add_argument("--patience", type=int, default=12, help="epochs without validation improvement before stopping (default 12)")
-    g.add_argument("--validation-split", type=float, default=0.15, help="share of normal rows for early stopping (default 0.15)")
-    g.add_argument("--calibration-split", type=float, default=0.15, help="share of normal rows held out for the threshold (default 0.15)")
-    g.add_argument("--seed", type=int, default=0, help="random seed: same data and seed, same model (default 0)")
-    g.add_argument("--percentile", type=float, default=99.0, help="threshold percentile of held-out normal errors (default 99)")
+    g.add_argument(
+        "--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)"
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=12,
+        help="epochs without validation improvement before stopping (default 12)",
+    )
+    g.add_argument(
+        "--validation-split",
+        type=float,
+        default=0.15,
+        help="share of normal rows for early stopping (default 0.15)",
+    )
+    g.add_argument(
+        "--calibration-split",
+        type=float,
+        default=0.15,
+        help="share of normal rows held out for the threshold (default 0.15)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed: same data and seed, same model (default 0)",
+    )
+    g.add_argument(
+        "--percentile",
+        type=float,
+        default=99.0,
+        help="threshold percentile of held-out normal errors (default 99)",
+    )
     g = p.add_argument_group("output")
-    g.add_argument("--report", type=Path, metavar="DIR", help="write loss, error, latent and reconstruction plots here")
-    g.add_argument("--keep", type=int, default=artifact.DEFAULT_KEEP, help=f"versions to keep (default {artifact.DEFAULT_KEEP})")
+    g.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write loss, error, latent and reconstruction plots here",
+    )
+    g.add_argument(
+        "--keep",
+        type=int,
+        default=artifact.DEFAULT_KEEP,
+        help=f"versions to keep (default {artifact.DEFAULT_KEEP})",
+    )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_fit)
 
@@ -120,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="reconstructed rows from latent codes")
-    p.add_argument("data", metavar="CODES", help="codes written by `encode` (.npy, .npz, .csv, .jsonl)")
+    p.add_argument(
+        "data", metavar="CODES", help="codes written by `encode` (.npy, .npz, .csv, .jsonl)"
+    )
     _model_dir(p)
     _version(p)
     p.add_argument("--output", "-o", type=Path, required=True, help=".npy, .npz, .csv or .jsonl")
@@ -153,7 +223,9 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load(source: str, args: argparse.Namespace, *, image_shape: Any = None, min_rows: int | None = 1) -> Any:
+def _load(
+    source: str, args: argparse.Namespace, *, image_shape: Any = None, min_rows: int | None = 1
+) -> Any:
     """Load DATA; ``min_rows=None`` keeps the loader's training minimum."""
     from trainer.data import MIN_ROWS, load_dataset
 
@@ -202,7 +274,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         percentile=args.percentile,
         seed=args.seed,
     )
-    trained = fit_model(ds.x, ds.feature_names, ds.labels, options, source=ds.source, quiet=args.quiet)
+    trained = fit_model(
+        ds.x, ds.feature_names, ds.labels, options, source=ds.source, quiet=args.quiet
+    )
     version = publish_model(trained, args.model_dir, keep=args.keep)
     m = trained.manifest
     if args.report:
@@ -248,7 +322,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         write_scores(sys.stdout, result, bundle.threshold, ds.ids)
     flagged = int(result.is_anomaly(bundle.threshold).sum())
-    _err(f"scored {len(result.scores)} rows with {bundle.version}: {flagged} above threshold {bundle.threshold:.6g}")
+    _err(
+        f"scored {len(result.scores)} rows with {bundle.version}: {flagged} above threshold {bundle.threshold:.6g}"
+    )
     return 0
 
 
@@ -332,7 +408,9 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     cleaned = denoise_rows(bundle, x)
     write_table(args.output, cleaned, bundle.feature_names, ds.ids)
     change = float(np.sqrt(np.mean(np.square(cleaned - x))))
-    print(f"denoised {len(cleaned)} rows to {args.output} with {bundle.version}: RMS change {change:.4g}")
+    print(
+        f"denoised {len(cleaned)} rows to {args.output} with {bundle.version}: RMS change {change:.4g}"
+    )
     return 0
 
 
@@ -359,7 +437,11 @@ def cmd_versions(args: argparse.Namespace) -> int:
         print(f"no versions in {args.model_dir}: run `{PROG} fit`")
         return 0
     for v in infos:
-        created = v.created_at.strftime("%Y-%m-%d %H:%M:%S UTC") if v.created_at else "(unreadable manifest)"
+        created = (
+            v.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+            if v.created_at
+            else "(unreadable manifest)"
+        )
         threshold = f"threshold {v.threshold:.6g}" if v.threshold is not None else ""
         print(f"{'*' if v.is_current else ' '} {v.version:<6} {created}  {threshold}")
     return 0
@@ -371,12 +453,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
         raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
     name = artifact.normalize_version(args.version)
     artifact.set_current(args.model_dir, name)
-    print(f"current version is now {name}" + (f" (was {before})" if before and before != name else ""))
+    print(
+        f"current version is now {name}" + (f" (was {before})" if before and before != name else "")
+    )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ start-up chatter (even some "E" lines) is noise for a command-line user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -102,10 +102,10 @@ def load_dataset(
 
     if isinstance(raw, _Table):
         x, names, labels, ids = _table_to_arrays(raw, label_column, features)
-        source_shape = raw.image_shape
     else:
         x, names, labels, ids = _select_array_features(raw, features)
-        source_shape = raw.image_shape if features is None else None
+    # Picking pixels breaks the image; only --image-shape can restore one then.
+    source_shape = raw.image_shape if features is None else None
 
     n = x.shape[0]
     if n == 0:
@@ -362,9 +362,8 @@ def _read_npz(path: Path, source: str, label_column: str | None) -> _Arrays:
         )
     label_name = label_column or next((n for n in _NPZ_LABEL_ARRAYS if n in arrays), None)
     id_name = next((n for n in _NPZ_ID_ARRAYS if n in arrays), None)
-    if "x" in arrays:
-        x_name = "x"
-    else:
+    x_name: str | None = "x" if "x" in arrays else None
+    if x_name is None:
         x_name = next((n for n in arrays if n not in (label_name, id_name)), None)
     if x_name is None:
         raise DataError(f"{source}: holds no data array; save the rows as an array named 'x'")
@@ -447,10 +446,15 @@ def _normalize_record(obj: Any, label_key: str) -> tuple[str, dict[str, Any] | n
         raise _BadRecord(f"is a JSON {type(obj).__name__}, not an object")
     if "features" not in obj:
         extra = {ID_COLUMN: obj[ID_COLUMN]} if ID_COLUMN in obj else {}
-        return "named", {k: v for k, v in obj.items() if k != ID_COLUMN}, extra
+        fields = {k: v for k, v in obj.items() if k != ID_COLUMN}
+        if not fields:
+            raise _BadRecord("has no feature fields")
+        return "named", fields, extra
     extra = {k: obj[k] for k in (ID_COLUMN, label_key) if k in obj}
     feats = obj["features"]
     if isinstance(feats, dict):
+        if not feats:
+            raise _BadRecord("has an empty 'features' object")
         return "named", dict(feats), extra
     if isinstance(feats, list):
         if not feats:
@@ -673,8 +677,8 @@ def _table_to_arrays(
     x = np.column_stack(values)
     if bad.any():
         keep = ~bad
-        for row in np.flatnonzero(bad):
-            table.skipped.append((table.where(int(row)), reasons[int(row)]))
+        for bad_row in np.flatnonzero(bad).tolist():
+            table.skipped.append((table.where(bad_row), reasons[bad_row]))
         x = x[keep]
         labels = None if labels is None else labels[keep]
         ids = None if ids is None else [v for v, k in zip(ids, keep, strict=True) if k]

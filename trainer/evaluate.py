@@ -78,7 +78,9 @@ class Evaluation:
     truth: np.ndarray
 
 
-def classification_metrics(truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+def classification_metrics(
+    truth: np.ndarray, scores: np.ndarray, threshold: float
+) -> dict[str, Any]:
     """Precision/recall/F1 at the threshold, threshold-free ROC-AUC and PR-AUC, confusion matrix."""
     from sklearn.metrics import (
         average_precision_score,
@@ -154,7 +156,10 @@ def write_table(
             w = csv.writer(fh)
             w.writerow((["id"] if ids is not None else []) + list(columns))
             for i, row in enumerate(rows):
-                w.writerow(([_json_value(ids[i])] if ids is not None else []) + [repr(float(v)) for v in row])
+                w.writerow(
+                    ([_json_value(ids[i])] if ids is not None else [])
+                    + [repr(float(v)) for v in row]
+                )
     else:
         with path.open("w") as fh:
             for i, row in enumerate(rows):

@@ -89,7 +89,10 @@ def split_normal_rows(
     n: int, validation_split: float, calibration_split: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffle ``range(n)`` with ``seed`` and cut it into train / validation / calibration."""
-    for name, frac in (("--validation-split", validation_split), ("calibration split", calibration_split)):
+    for name, frac in (
+        ("--validation-split", validation_split),
+        ("calibration split", calibration_split),
+    ):
         if not 0.0 < frac < 0.5:
             raise ConfigError(f"{name} must be between 0 and 0.5, got {frac}")
     n_val = max(MIN_VALIDATION_ROWS, int(round(n * validation_split)))
@@ -111,7 +114,9 @@ def default_batch_size(n_train: int) -> int:
     return int(2 ** round(math.log2(target)))
 
 
-def reconstruction_errors(model: keras.Model, xs: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:
+def reconstruction_errors(
+    model: keras.Model, xs: np.ndarray, input_shape: Sequence[int]
+) -> np.ndarray:
     """Mean squared error per row in scaled space: the same formula as ``ModelBundle.score``."""
     out = np.empty(xs.shape[0], dtype=np.float64)
     for start in range(0, xs.shape[0], artifact.SCORE_CHUNK_ROWS):
@@ -224,7 +229,9 @@ def fit_model(
     )
     train_i, val_i, cal_i = normal_idx[train_i], normal_idx[val_i], normal_idx[cal_i]
 
-    scaler_kind = opts.scaler or ("minmax" if opts.image_shape or opts.loss == "bce" else "standard")
+    scaler_kind = opts.scaler or (
+        "minmax" if opts.image_shape or opts.loss == "bce" else "standard"
+    )
     if opts.loss == "bce" and scaler_kind != "minmax":
         raise ConfigError("--loss bce needs inputs in [0, 1]: use --scaler minmax (or --loss mse)")
     spec = make_spec(
@@ -380,6 +387,8 @@ def publish_model(
             update={"version": version, "created_at": artifact.utc_now()}
         )
         artifact.write_version_files(staging, trained.model, trained.scaler, manifest)
-        published = artifact.publish_staged(model_dir, staging, keep=keep, make_current=make_current)
+        published = artifact.publish_staged(
+            model_dir, staging, keep=keep, make_current=make_current
+        )
     trained.manifest = manifest
     return published

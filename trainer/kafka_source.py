@@ -197,8 +197,9 @@ def _read(spec: KafkaSpec) -> TopicRead:
         consumer.close(autocommit=False)
 
 
-def _read_assigned(consumer: Any, spec: KafkaSpec, topic_partition: Any, remaining_ms: Any,
-                   deadline: float) -> TopicRead:
+def _read_assigned(
+    consumer: Any, spec: KafkaSpec, topic_partition: Any, remaining_ms: Any, deadline: float
+) -> TopicRead:
     partitions = consumer.partitions_for_topic(spec.topic)
     if not partitions:
         raise DataError(

@@ -120,7 +120,9 @@ def make_spec(
         raise ConfigError(f"--latent must be at least 1, got {latent}")
     if hidden is None:
         hidden = (
-            default_filters(image_shape) if architecture == "conv" and image_shape else default_hidden(n_features, latent)
+            default_filters(image_shape)
+            if architecture == "conv" and image_shape
+            else default_hidden(n_features, latent)
         )
     if any(h < 1 for h in hidden):
         raise ConfigError(f"--hidden sizes must be positive, got {','.join(map(str, hidden))}")
@@ -196,7 +198,9 @@ def _conv_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
     h = x_in
     hh, ww = h_px, w_px
     for i, filters in enumerate(spec.hidden):
-        h = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"enc_conv_{i}")(h)
+        h = keras.layers.Conv2D(
+            filters, 3, padding="same", activation="relu", name=f"enc_conv_{i}"
+        )(h)
         if i < stages:
             h = keras.layers.MaxPooling2D(2, padding="same", name=f"enc_pool_{i}")(h)
             hh, ww = math.ceil(hh / 2), math.ceil(ww / 2)
@@ -213,10 +217,14 @@ def _conv_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
         if stage < stages:
             h = keras.layers.UpSampling2D(2, name=f"dec_up_{i}")(h)
             hh, ww = hh * 2, ww * 2
-        h = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"dec_conv_{i}")(h)
+        h = keras.layers.Conv2D(
+            filters, 3, padding="same", activation="relu", name=f"dec_conv_{i}"
+        )(h)
     dh, dw = hh - h_px, ww - w_px
     if dh or dw:
-        h = keras.layers.Cropping2D(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), name="crop")(h)
+        h = keras.layers.Cropping2D(
+            ((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), name="crop"
+        )(h)
     out = keras.layers.Conv2D(
         channels, 3, padding="same", activation=_output_activation(spec), name="reconstruction"
     )(h)

@@ -41,7 +41,9 @@ def plot_loss(path: Path, history: dict[str, list[float]], best_epoch: int, loss
     ax.plot(epochs, history["loss"], label="training", color=NORMAL_COLOR)
     if "val_loss" in history:
         ax.plot(epochs, history["val_loss"], label="validation", color="#ff7f0e")
-    ax.axvline(best_epoch, color=THRESHOLD_COLOR, ls="--", lw=1, label=f"kept weights (epoch {best_epoch})")
+    ax.axvline(
+        best_epoch, color=THRESHOLD_COLOR, ls="--", lw=1, label=f"kept weights (epoch {best_epoch})"
+    )
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{loss_name} loss (scaled units, log)")
@@ -53,7 +55,9 @@ def plot_loss(path: Path, history: dict[str, list[float]], best_epoch: int, loss
     plt.close(fig)
 
 
-def plot_errors(path: Path, errors: np.ndarray, is_anomaly: np.ndarray, threshold: float, percentile: float) -> None:
+def plot_errors(
+    path: Path, errors: np.ndarray, is_anomaly: np.ndarray, threshold: float, percentile: float
+) -> None:
     plt = _plt()
     errors = np.maximum(np.asarray(errors, dtype=np.float64), 1e-12)
     lo, hi = errors.min(), max(errors.max(), threshold)
@@ -63,8 +67,16 @@ def plot_errors(path: Path, errors: np.ndarray, is_anomaly: np.ndarray, threshol
     anomal = errors[is_anomaly]
     ax.hist(normal, bins=bins, alpha=0.65, color=NORMAL_COLOR, label=f"normal ({normal.size})")
     if anomal.size:
-        ax.hist(anomal, bins=bins, alpha=0.65, color=ANOMALY_COLOR, label=f"anomaly ({anomal.size})")
-    ax.axvline(threshold, color=THRESHOLD_COLOR, ls="--", lw=1.5, label=f"threshold {threshold:.4g} (p{percentile:g})")
+        ax.hist(
+            anomal, bins=bins, alpha=0.65, color=ANOMALY_COLOR, label=f"anomaly ({anomal.size})"
+        )
+    ax.axvline(
+        threshold,
+        color=THRESHOLD_COLOR,
+        ls="--",
+        lw=1.5,
+        label=f"threshold {threshold:.4g} (p{percentile:g})",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("reconstruction error (mean squared, scaled units, log)")
     ax.set_ylabel("rows")
@@ -98,7 +110,15 @@ def plot_latent(path: Path, codes: np.ndarray, labels: np.ndarray) -> None:
     anomal = labels != 0
     ax.scatter(pts[~anomal, 0], pts[~anomal, 1], s=9, alpha=0.6, color=NORMAL_COLOR, label="normal")
     if anomal.any():
-        ax.scatter(pts[anomal, 0], pts[anomal, 1], s=12, alpha=0.7, color=ANOMALY_COLOR, marker="x", label="anomaly")
+        ax.scatter(
+            pts[anomal, 0],
+            pts[anomal, 1],
+            s=12,
+            alpha=0.7,
+            color=ANOMALY_COLOR,
+            marker="x",
+            label="anomaly",
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"Latent space ({codes.shape[1]} dims), 2-D PCA projection", fontsize=10)
@@ -114,11 +134,14 @@ def plot_reconstructions(
     rows: Sequence[tuple[str, np.ndarray]],
     image_shape: Sequence[int],
     captions: Sequence[str],
+    title: str = "Originals and reconstructions",
 ) -> None:
     """A grid: one column per example, one row per stage (original, noisy, reconstruction)."""
     plt = _plt()
     n = len(captions)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 1.2, 1.45 * len(rows) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(1.25 * n + 1.2, 1.45 * len(rows) + 0.5), squeeze=False
+    )
     shape = tuple(image_shape)
     for r, (name, images) in enumerate(rows):
         for c in range(n):
@@ -133,7 +156,7 @@ def plot_reconstructions(
                 ax.set_ylabel(name, fontsize=9)
             if r == 0:
                 ax.set_title(captions[c], fontsize=7)
-    fig.suptitle("Originals and reconstructions (error under each title)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -148,7 +171,9 @@ def _pick_examples(errors: np.ndarray, labels: np.ndarray, k: int = 8) -> np.nda
     if anomal.size:
         picks += list(order_n[:: max(1, len(order_n) // 3)][:3]) + list(order_n[-1:])
         order_a = anomal[np.argsort(errors[anomal])]
-        picks += list(order_a[np.linspace(0, len(order_a) - 1, min(k - len(picks), len(order_a))).astype(int)])
+        picks += list(
+            order_a[np.linspace(0, len(order_a) - 1, min(k - len(picks), len(order_a))).astype(int)]
+        )
     else:
         picks += list(order_n[np.linspace(0, len(order_n) - 1, min(k, len(order_n))).astype(int)])
     return np.asarray(picks[:k], dtype=int)
@@ -195,16 +220,26 @@ def write_report(
         rows: list[tuple[str, np.ndarray]] = [("original", originals)]
         if manifest.denoise:
             rng = np.random.default_rng(0)
-            noisy = originals + rng.normal(scale=manifest.denoise, size=originals.shape).astype(np.float32)
+            noisy = originals + rng.normal(scale=manifest.denoise, size=originals.shape).astype(
+                np.float32
+            )
             rows.append((f"noisy (σ={manifest.denoise:g})", noisy))
-            rows.append(("denoised", np.asarray(decoder(encoder(noisy, training=False), training=False))))
+            rows.append(
+                ("denoised", np.asarray(decoder(encoder(noisy, training=False), training=False)))
+            )
         rows.append(("reconstruction", np.asarray(model(originals, training=False))))
         captions = [
-            f"{'ANOMALY' if is_anom[i] else 'normal'}\n{errors[i]:.3g}"
-            + (" >thr" if errors[i] > manifest.threshold else "")
+            f"{'ANOMALY' if is_anom[i] else 'normal'}\nerror {errors[i]:.3g}"
+            + (" (flagged)" if errors[i] > manifest.threshold else "")
             for i in picks
         ]
-        plot_reconstructions(out / "reconstructions.png", rows, manifest.image_shape, captions)
+        title = (
+            "Held-out examples, low to high reconstruction error "
+            f"(threshold {manifest.threshold:.3g}; above it = flagged)"
+        )
+        plot_reconstructions(
+            out / "reconstructions.png", rows, manifest.image_shape, captions, title
+        )
         written.append(out / "reconstructions.png")
 
     summary = {
@@ -252,7 +287,9 @@ def _summary_md(s: dict[str, Any]) -> str:
         lines.append(
             "- evaluation: "
             + ", ".join(
-                f"{k} {m[k]:.4f}" for k in ("precision", "recall", "f1", "roc_auc", "pr_auc") if m.get(k) is not None
+                f"{k} {m[k]:.4f}"
+                for k in ("precision", "recall", "f1", "roc_auc", "pr_auc")
+                if m.get(k) is not None
             )
         )
     lines += ["", "## Pictures", ""]

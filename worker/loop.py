@@ -377,6 +377,9 @@ class Worker:
         if now >= self._next_lag:
             self._next_lag = now + self.s.lag_refresh_s
             self._refresh_lag()
+        n_assigned = len(self.consumer.assignment())
+        self.health.partitions = n_assigned
+        self.metrics.partitions_assigned.set(n_assigned)
         ready, _ = self.health.ready()
         self.metrics.ready.set(1 if ready else 0)
 

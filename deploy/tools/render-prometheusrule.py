@@ -66,7 +66,9 @@ def main() -> int:
     text = render()
     if args.check:
         if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT.relative_to(ROOT)} is stale: run {Path(__file__).name}", file=sys.stderr)
+            print(
+                f"{OUTPUT.relative_to(ROOT)} is stale: run {Path(__file__).name}", file=sys.stderr
+            )
             return 1
         return 0
     OUTPUT.write_text(text)

@@ -23,7 +23,9 @@ ARCHITECTURES = {
     "dense": FitOptions(architecture="dense", epochs=15, patience=5, seed=7),
     "conv": FitOptions(architecture="conv", epochs=10, patience=5, seed=7),
     "denoising-dense": FitOptions(architecture="dense", denoise=0.2, epochs=15, patience=5, seed=7),
-    "denoising-conv-bce": FitOptions(architecture="conv", denoise=0.2, loss="bce", epochs=10, patience=5, seed=7),
+    "denoising-conv-bce": FitOptions(
+        architecture="conv", denoise=0.2, loss="bce", epochs=10, patience=5, seed=7
+    ),
 }
 
 
@@ -86,7 +88,9 @@ def test_roc_auc_well_above_chance(fitted) -> None:  # type: ignore[no-untyped-d
 def test_tabular_sensors_well_above_chance(name: str, tmp_path: Path) -> None:
     ds = load_dataset("builtin:sensors")
     assert ds.labels is not None
-    trained = fit_model(ds.x, ds.feature_names, ds.labels, replace(ARCHITECTURES[name], epochs=25), quiet=True)
+    trained = fit_model(
+        ds.x, ds.feature_names, ds.labels, replace(ARCHITECTURES[name], epochs=25), quiet=True
+    )
     assert _auc(trained) > 0.9
     publish_model(trained, tmp_path)
     scores = artifact.load_bundle(tmp_path).score(trained.heldout_x).scores

@@ -3,6 +3,8 @@ importable by name when several test folders have one)."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,3 +62,36 @@ def rule_groups() -> list[dict[str, Any]]:
 
 def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in rule_groups() for rule in group["rules"] if "alert" in rule]
+
+
+# ---------------------------------------------------------------- Dockerfile parsing
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, args = line.partition(" ")
+            out.append((keyword.upper(), args.strip()))
+    return out
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for keyword, args in instructions(text):
+        if keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((keyword, args))
+    return result
+
+
+def build_copies(text: str) -> list[tuple[list[str], str]]:
+    """(sources, destination) of the build stage's COPY instructions from the context."""
+    copies = []
+    for keyword, args in stages(text)[0]:
+        if keyword == "COPY" and "--from" not in args:
+            parts = shlex.split(args)
+            copies.append(([p for p in parts[:-1] if not p.startswith("--")], parts[-1]))
+    return copies

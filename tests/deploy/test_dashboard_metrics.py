@@ -88,7 +88,9 @@ def rule_exprs() -> list[tuple[str, str]]:
 
 
 def recorded_names() -> set[str]:
-    return {rule["record"] for group in rule_groups() for rule in group["rules"] if "record" in rule}
+    return {
+        rule["record"] for group in rule_groups() for rule in group["rules"] if "record" in rule
+    }
 
 
 def metric_names(expr: str) -> set[str]:
@@ -125,12 +127,12 @@ def check_expr(where: str, expr: str, exported: Exported) -> list[str]:
                 for literal in value.split("|"):
                     if literal not in seen:
                         problems.append(f"{where}: {name}{{{label}}} never takes {literal!r}")
+    used = [n for n in metric_names(expr) if n in exported.series]
     for labels in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
         for label in (s.strip() for s in labels.split(",")):
-            used = [n for n in metric_names(expr) if n in exported.series]
-            if label and label not in TARGET_LABELS | {"le"}:
-                if used and not any(label in exported.series[n] for n in used):
-                    problems.append(f"{where}: no metric in the expression has label {label}")
+            ignored = not label or label in TARGET_LABELS | {"le"} or not used
+            if not ignored and not any(label in exported.series[n] for n in used):
+                problems.append(f"{where}: no metric in the expression has label {label}")
     return problems
 
 
@@ -146,11 +148,20 @@ def test_dashboard_uses_only_exported_metrics(exported: Exported) -> None:
 
 def test_dashboard_has_the_required_panels() -> None:
     used = set().union(*(metric_names(expr) for _, expr in dashboard_exprs()))
-    assert REQUIRED_DASHBOARD_METRICS <= used, REQUIRED_DASHBOARD_METRICS - used
+    assert used >= REQUIRED_DASHBOARD_METRICS, REQUIRED_DASHBOARD_METRICS - used
     board = json.loads((DASHBOARDS_DIR / "anomaly-worker.json").read_text())
     kinds = {panel["type"] for panel in board["panels"]}
     assert "heatmap" in kinds
     assert len({panel["id"] for panel in board["panels"]}) == len(board["panels"])
+    cells: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24, f"{panel['title']} is wider than the grid"
+        area = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
 
 
 def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
@@ -171,4 +182,8 @@ def test_metric_name_extraction_sees_what_it_should() -> None:
         'sum by (job) (rate(anomaly_worker_records_total{outcome="anomaly"}[5m])) '
         "/ job:anomaly_worker_anomaly_ratio:rate5m > on (job) up"
     )
-    assert names == {"anomaly_worker_records_total", "job:anomaly_worker_anomaly_ratio:rate5m", "up"}
+    assert names == {
+        "anomaly_worker_records_total",
+        "job:anomaly_worker_anomaly_ratio:rate5m",
+        "up",
+    }

@@ -6,45 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from fnmatch import fnmatch
 from pathlib import Path
 
-from deploy_helpers import ROOT, require_tool, run
+from deploy_helpers import ROOT, build_copies, instructions, require_tool, run, stages
 
 DOCKERFILE = ROOT / "Dockerfile"
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs with continuation lines joined and comments dropped."""
-    joined = re.sub(r"\\\n", " ", text)
-    out = []
-    for line in joined.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, args = line.partition(" ")
-            out.append((keyword.upper(), args.strip()))
-    return out
-
-
-def stages(text: str) -> list[list[tuple[str, str]]]:
-    result: list[list[tuple[str, str]]] = []
-    for keyword, args in instructions(text):
-        if keyword == "FROM":
-            result.append([])
-        if result:
-            result[-1].append((keyword, args))
-    return result
-
-
-def build_copies(text: str) -> list[tuple[list[str], str]]:
-    """(sources, destination) of the build stage's COPY instructions from the context."""
-    copies = []
-    for keyword, args in stages(text)[0]:
-        if keyword == "COPY" and "--from" not in args:
-            parts = shlex.split(args)
-            copies.append(([p for p in parts[:-1] if not p.startswith("--")], parts[-1]))
-    return copies
 
 
 def dockerignore_allows(path: str) -> bool:

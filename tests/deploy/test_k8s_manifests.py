@@ -38,13 +38,17 @@ def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         if d["kind"] in {"Deployment", "Job"}:
             specs.append((d["metadata"]["name"], d["spec"]["template"]["spec"]))
         elif d["kind"] == "CronJob":
-            specs.append((d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
+            specs.append(
+                (d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+            )
     return specs
 
 
 @pytest.fixture(params=["base", "overlay"])
 def rendered(
-    request: pytest.FixtureRequest, k8s_base: list[dict[str, Any]], k8s_overlay: list[dict[str, Any]]
+    request: pytest.FixtureRequest,
+    k8s_base: list[dict[str, Any]],
+    k8s_overlay: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     return k8s_base if request.param == "base" else k8s_overlay
 
@@ -148,14 +152,18 @@ def test_service_pdb_and_trainer_select_the_right_pods(rendered: list[dict[str, 
 def test_overlay_custom_resources_hold_together(k8s_overlay: list[dict[str, Any]]) -> None:
     docs = k8s_overlay
     namespace = one(docs, "Namespace")["metadata"]["name"]
-    assert all(d["metadata"].get("namespace") == namespace for d in docs if d["kind"] != "Namespace")
+    assert all(
+        d["metadata"].get("namespace") == namespace for d in docs if d["kind"] != "Namespace"
+    )
     deployment = one(docs, "Deployment", "anomaly-worker")
     service = one(docs, "Service", "anomaly-worker")
 
     monitor = one(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
+        p["name"] for p in service["spec"]["ports"]
+    }
     assert all(e.get("path", "/metrics") == "/metrics" for e in monitor["spec"]["endpoints"])
     # The rules select job="anomaly-worker": the monitor must produce that job label.
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "anomaly-worker"

@@ -46,10 +46,14 @@ def published(tmp_path_factory: pytest.TempPathFactory, tabular):  # type: ignor
     return model_dir, trained
 
 
-def write_csv(path: Path, x: np.ndarray, names: list[str], labels: np.ndarray | None = None) -> Path:
+def write_csv(
+    path: Path, x: np.ndarray, names: list[str], labels: np.ndarray | None = None
+) -> Path:
     header = ",".join(names + (["label"] if labels is not None else []))
     rows = [
-        ",".join([repr(float(v)) for v in row] + ([str(int(labels[i]))] if labels is not None else []))
+        ",".join(
+            [repr(float(v)) for v in row] + ([str(int(labels[i]))] if labels is not None else [])
+        )
         for i, row in enumerate(x)
     ]
     path.write_text(header + "\n" + "\n".join(rows) + "\n")

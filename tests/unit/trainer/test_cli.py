@@ -56,14 +56,41 @@ def test_score_output_is_in_order_and_equals_bundle_scores(cli_model, tmp_path, 
 
 def test_evaluate_json_has_the_metrics(cli_model, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     model_dir, data, _ = cli_model
-    assert main(["evaluate", str(data), "--label-column", "label", "--model-dir", str(model_dir), "--json", "--report", str(tmp_path / "rep")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(data),
+                "--label-column",
+                "label",
+                "--model-dir",
+                str(model_dir),
+                "--json",
+                "--report",
+                str(tmp_path / "rep"),
+            ]
+        )
+        == 0
+    )
     m = json.loads(capsys.readouterr().out)
-    assert {"precision", "recall", "f1", "roc_auc", "pr_auc", "threshold", "confusion_matrix"} <= set(m)
+    assert {
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "threshold",
+        "confusion_matrix",
+    } <= set(m)
     assert m["roc_auc"] > 0.8
     cm = m["confusion_matrix"]
     assert cm["tp"] + cm["fn"] == 20 and cm["tn"] + cm["fp"] == 200
-    assert {"errors.png", "latent.png", "summary.md", "summary.json"} <= {p.name for p in (tmp_path / "rep").iterdir()}
-    assert main(["evaluate", str(data), "--label-column", "label", "--model-dir", str(model_dir)]) == 0
+    assert {"errors.png", "latent.png", "summary.md", "summary.json"} <= {
+        p.name for p in (tmp_path / "rep").iterdir()
+    }
+    assert (
+        main(["evaluate", str(data), "--label-column", "label", "--model-dir", str(model_dir)]) == 0
+    )
     assert "confusion matrix" in capsys.readouterr().out
 
 
@@ -83,7 +110,19 @@ def test_encode_decode_denoise(cli_model, tmp_path, capsys) -> None:  # type: ig
     assert list(first["features"]) == FEATURES
     # Codes of the wrong width are refused.
     np.save(tmp_path / "bad.npy", np.zeros((3, latent + 1)))
-    assert main(["decode", str(tmp_path / "bad.npy"), "--model-dir", str(model_dir), "--output", str(rec)]) == 2
+    assert (
+        main(
+            [
+                "decode",
+                str(tmp_path / "bad.npy"),
+                "--model-dir",
+                str(model_dir),
+                "--output",
+                str(rec),
+            ]
+        )
+        == 2
+    )
     assert "latent size" in capsys.readouterr().err
 
 
@@ -108,14 +147,33 @@ def test_refusals_publish_nothing(cli_model, tmp_path, capsys) -> None:  # type:
     x[4, 1] = np.nan
     assert main(["fit", str(write_csv(tmp_path / "nan.csv", x, FEATURES)), *fit]) == 2
     _one_line_error(capsys)
-    assert main(["fit", str(write_csv(tmp_path / "few.csv", correlated_rows(15), FEATURES)), *fit]) == 2
+    assert (
+        main(["fit", str(write_csv(tmp_path / "few.csv", correlated_rows(15), FEATURES)), *fit])
+        == 2
+    )
     _one_line_error(capsys, "rows")
-    labelled = write_csv(tmp_path / "lab.csv", correlated_rows(30), FEATURES, np.r_[np.zeros(12, int), np.ones(18, int)])
+    labelled = write_csv(
+        tmp_path / "lab.csv",
+        correlated_rows(30),
+        FEATURES,
+        np.r_[np.zeros(12, int), np.ones(18, int)],
+    )
     assert main(["fit", str(labelled), *fit]) == 2
     _one_line_error(capsys, "too few normal rows")
     assert main(["fit", str(labelled), "--label-column", "nope", *fit]) == 2
     _one_line_error(capsys, "nope")
-    assert main(["fit", str(write_csv(tmp_path / "ok.csv", correlated_rows(40), FEATURES)), "--image-shape", "2x2", *fit]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                str(write_csv(tmp_path / "ok.csv", correlated_rows(40), FEATURES)),
+                "--image-shape",
+                "2x2",
+                *fit,
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys)
     assert not target.exists() or artifact.list_versions(target) == []
 
@@ -135,7 +193,15 @@ def test_refusals_publish_nothing(cli_model, tmp_path, capsys) -> None:  # type:
 def test_console_error_has_no_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "fit", str(tmp_path / "nope.csv"), "--model-dir", str(tmp_path / "m")],
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "fit",
+            str(tmp_path / "nope.csv"),
+            "--model-dir",
+            str(tmp_path / "m"),
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -36,7 +36,13 @@ def test_bad_values_and_options_are_refused() -> None:
     with pytest.raises(DataError, match="empty"):
         fit_model(np.zeros((0, 6)), FEATURES, None, QUICK, quiet=True)
     with pytest.raises(ConfigError, match="minmax"):
-        fit_model(correlated_rows(50), FEATURES, None, FitOptions(loss="bce", scaler="standard"), quiet=True)
+        fit_model(
+            correlated_rows(50),
+            FEATURES,
+            None,
+            FitOptions(loss="bce", scaler="standard"),
+            quiet=True,
+        )
     with pytest.raises(ConfigError, match="percentile"):
         fit_model(correlated_rows(50), FEATURES, None, FitOptions(percentile=100), quiet=True)
     with pytest.raises(DataError, match="image shape"):

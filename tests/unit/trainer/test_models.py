@@ -21,7 +21,9 @@ def test_default_sizes_follow_the_data(d: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "shape", [(8, 8), (28, 28), (7, 7), (5, 9), (6, 6, 3), (3, 3)], ids=lambda s: "x".join(map(str, s))
+    "shape",
+    [(8, 8), (28, 28), (7, 7), (5, 9), (6, 6, 3), (3, 3)],
+    ids=lambda s: "x".join(map(str, s)),
 )
 def test_conv_output_matches_input_shape(shape: tuple[int, ...]) -> None:
     n = int(np.prod(shape))

@@ -67,7 +67,12 @@ def test_versions_promote_and_retention(tmp_path: Path, capsys: pytest.CaptureFi
     assert artifact.current_version(tmp_path) == "v2"
 
     # Retention never removes the current version, even when it is old.
-    publish_model(fit_model(x, FEATURES, None, QUICK.__class__(epochs=1, patience=1), quiet=True), tmp_path, keep=1, make_current=False)
+    publish_model(
+        fit_model(x, FEATURES, None, QUICK.__class__(epochs=1, patience=1), quiet=True),
+        tmp_path,
+        keep=1,
+        make_current=False,
+    )
     assert {v.version for v in artifact.list_versions(tmp_path)} == {"v2", "v5"}
 
 

@@ -74,7 +74,9 @@ def test_sensor_records_are_the_same_however_chunked():
     assert set(first) == {"id", *SENSOR_FEATURES, "label", "anomaly_kind", "anomaly_sensor"}
     labelled = [r for r in whole if r["label"] == 1]
     assert labelled and all(r["anomaly_sensor"] in SENSOR_FEATURES for r in labelled)
-    assert all(r["anomaly_kind"] == "none" and r["anomaly_sensor"] is None for r in whole if not r["label"])
+    assert all(
+        r["anomaly_kind"] == "none" and r["anomaly_sensor"] is None for r in whole if not r["label"]
+    )
 
 
 def test_sensor_records_match_the_builtin_table(sensors):

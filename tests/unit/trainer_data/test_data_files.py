@@ -93,7 +93,11 @@ def test_jsonl_accepts_the_three_worker_record_shapes(write_jsonl, numeric_rows,
         if shape == "list":
             rec = {"id": f"r{i}", "features": row, "label": int(i == 5)}
         elif shape == "nested_object":
-            rec = {"id": f"r{i}", "features": dict(zip(names, row, strict=True)), "label": int(i == 5)}
+            rec = {
+                "id": f"r{i}",
+                "features": dict(zip(names, row, strict=True)),
+                "label": int(i == 5),
+            }
         else:
             rec = {"id": f"r{i}", **dict(zip(names, row, strict=True)), "label": int(i == 5)}
         records.append(rec)

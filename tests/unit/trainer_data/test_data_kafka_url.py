@@ -16,7 +16,9 @@ from trainer.kafka_source import DEFAULT_TIMEOUT_S, decode_value, parse_kafka_ur
 
 
 def test_parse_full_url():
-    spec = parse_kafka_url("kafka://broker-1:9092,10.0.0.2:9093/sensor.readings?max_records=500&timeout=12.5")
+    spec = parse_kafka_url(
+        "kafka://broker-1:9092,10.0.0.2:9093/sensor.readings?max_records=500&timeout=12.5"
+    )
     assert spec.bootstrap_servers == ["broker-1:9092", "10.0.0.2:9093"]
     assert spec.topic == "sensor.readings"
     assert spec.max_records == 500 and spec.timeout_s == 12.5

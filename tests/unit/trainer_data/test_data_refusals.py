@@ -70,7 +70,9 @@ def test_csv_non_numeric_value_names_column_and_row(write_csv):
     assert "non-numeric value 'oops'" in message and "'b'" in message and "data row 8" in message
 
 
-@pytest.mark.parametrize(("cell", "what"), [("", "missing or NaN"), ("nan", "missing or NaN"), ("inf", "infinite")])
+@pytest.mark.parametrize(
+    ("cell", "what"), [("", "missing or NaN"), ("nan", "missing or NaN"), ("inf", "infinite")]
+)
 def test_csv_nan_and_inf(write_csv, cell, what):
     text = good_csv().replace("\n3,6,0\n", f"\n3,{cell},0\n")
     message = refused(write_csv(text))
