@@ -51,6 +51,7 @@ class FitOptions:
     calibration_split: float = 0.15
     percentile: float = 99.0
     seed: int = 0
+    activation: str = "relu"
 
 
 @dataclass
@@ -243,6 +244,7 @@ def fit_model(
         loss=opts.loss,
         denoise=opts.denoise,
         seed=opts.seed,
+        activation=opts.activation,
     )
     scaler = artifact.Scaler.fit(x[train_i], scaler_kind)
     xs = scaler.transform(x)

@@ -6,12 +6,14 @@ tar blob and written to partition 0 of the model topic as::
     version/<v>/chunk/<i>   the blob in pieces under the broker's 1 MB message limit; headers
                             model-version, chunk-index, chunk-count, blob-sha256, chunk-sha256
     version/<v>/manifest    JSON: sha256, size and chunk count of the blob, and the manifest
-                            itself; written after every chunk is acknowledged (seals the version)
-    current                 JSON {"version", "sha256", ...}; written last: makes ``v`` current
+                            itself; after the chunks in the log (one partition, idempotent
+                            producer): it seals the version
+    current                 JSON {"version", "sha256", ...}; written once the chunks and the
+                            seal are acknowledged: makes ``v`` current
 
 Log compaction keeps the newest record of every key, so the topic holds each version once and
-the newest ``current``. A reader replays the topic from the start (no consumer group, nothing
-committed) and judges the same *compacted view* whether or not compaction has run yet: the newest
+the newest ``current``; `publish_to_topic` deletes versions beyond ``keep`` with tombstones.
+A reader replays the topic from the start (no consumer group, nothing committed) and judges the same *compacted view* whether or not compaction has run yet: the newest
 record of a key wins. It keeps only metadata while reading (chunk checksums are checked on the
 fly and the bytes dropped), then fetches the chunks of the current version by offset, verifies
 them and unpacks the version into a local model directory with the atomic rename of
@@ -19,7 +21,8 @@ them and unpacks the version into a local model directory with the atomic rename
 
 A torn version (an interrupted publish: chunks without a manifest record) never becomes current,
 because ``current`` is only written after the seal. A version whose chunks are missing or fail a
-checksum is refused and reported as data; the version delivered before stays.
+checksum is refused and reported as data (`Refusal`); the version delivered before stays. A
+broker that cannot be read raises `TopicReadError` (retry: nothing is wrong with the versions).
 
 This module holds no training code; the worker imports it.
 """
@@ -67,8 +70,7 @@ log = logging.getLogger(__name__)
 
 
 class TopicReadError(ArtifactError):
-    """The model topic could not be read (broker unreachable, timeout): retry, nothing is wrong
-    with the versions on it."""
+    """The model topic could not be read (broker unreachable, timeout); retry later."""
 
 
 FORMAT = "anomaly-model-tar/1"

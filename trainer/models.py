@@ -38,6 +38,7 @@ class ModelSpec:
     image_shape: tuple[int, ...] | None = None  # (H, W) or (H, W, C)
     denoise: float | None = None
     seed: int = 0
+    activation: str = "relu"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -98,6 +99,7 @@ def make_spec(
     loss: Loss = "mse",
     denoise: float | None = None,
     seed: int = 0,
+    activation: str = "relu",
 ) -> ModelSpec:
     """Fill in defaults that follow the data and check the options fit together."""
     if architecture is None:
@@ -139,6 +141,7 @@ def make_spec(
         image_shape=tuple(image_shape) if image_shape else None,
         denoise=denoise,
         seed=seed,
+        activation=activation,
     )
 
 
@@ -169,14 +172,14 @@ def _dense_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
     x_in = keras.Input(shape=(spec.n_features,), name="encoder_input")
     h = x_in
     for i, width in enumerate(spec.hidden):
-        h = keras.layers.Dense(width, activation="relu", name=f"enc_dense_{i}")(h)
+        h = keras.layers.Dense(width, activation=spec.activation, name=f"enc_dense_{i}")(h)
     z = keras.layers.Dense(spec.latent, name="latent")(h)
     encoder = keras.Model(x_in, z, name="encoder")
 
     z_in = keras.Input(shape=(spec.latent,), name="decoder_input")
     h = z_in
     for i, width in enumerate(reversed(spec.hidden)):
-        h = keras.layers.Dense(width, activation="relu", name=f"dec_dense_{i}")(h)
+        h = keras.layers.Dense(width, activation=spec.activation, name=f"dec_dense_{i}")(h)
     out = keras.layers.Dense(
         spec.n_features, activation=_output_activation(spec), name="reconstruction"
     )(h)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+import prometheus_client
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
@@ -60,7 +61,21 @@ def _install_signal_handlers(worker: Worker, timeout_s: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script. As a process entry (``argv`` None) it exits at once when done:
+    everything is closed by then, and TensorFlow's interpreter teardown alone takes seconds,
+    which would eat into the SIGTERM budget."""
+    code = run(argv)
+    if argv is None:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    prometheus_client.disable_created_metrics()
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:

@@ -357,6 +357,7 @@ class Worker:
         m.batch_duration.observe(time.perf_counter() - t0)
         m.last_batch_timestamp.set(now)
         self.window.add(now, finite_scores.size, n_anom, finite_scores)
+        self._update_window_gauges()
         for tp, om in offsets.items():
             self._positions[tp] = om.offset
 

@@ -414,3 +414,48 @@ def test_publish_from_model_dir_takes_a_topic_url(
         publish_from_model_dir(url, model_dir, "v9")
     listed = list_topic_versions(kafka_bootstrap, topic_name)
     assert [(v.version, v.is_current) for v in listed] == [("v1", False), ("v3", True)]
+
+
+@pytest.mark.slow
+def test_real_compaction_keeps_what_the_reader_needs(
+    kafka_bootstrap: str, topic_name: str, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """With the log cleaner actually running, deleted versions go and the current one stays."""
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:  # the same policy as publish_to_topic creates, with the cleaner made eager for a test
+        admin.create_topics(
+            {
+                topic_name: {
+                    "num_partitions": 1,
+                    "replication_factor": 1,
+                    "configs": {
+                        "cleanup.policy": "compact",
+                        "segment.ms": "100",
+                        "min.cleanable.dirty.ratio": "0.01",
+                        "min.compaction.lag.ms": "0",
+                        "delete.retention.ms": "100",
+                    },
+                }
+            },
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    publish_to_topic(kafka_bootstrap, topic_name, models["v1"])
+    publish_to_topic(kafka_bootstrap, topic_name, models["v2"])
+    publish_to_topic(kafka_bootstrap, topic_name, models["v3"], keep=1)
+    deadline = time.monotonic() + 90
+    while True:
+        # Each publish of the same version adds one current record, which rolls the segment.
+        publish_to_topic(kafka_bootstrap, topic_name, models["v3"], keep=1)
+        keys = [r.key or b"" for r in consume_all(kafka_bootstrap, topic_name)]
+        if not any(k.startswith((b"version/v1/", b"version/v2/")) for k in keys):
+            break
+        assert time.monotonic() < deadline, f"the log cleaner did not run: {keys}"
+        time.sleep(2)
+    assert keys.count(b"current") >= 1
+    with ModelTopicReader(kafka_bootstrap, topic_name, tmp_path / "cache") as reader:
+        update = reader.catch_up(timeout_s=30)
+    assert update is not None and update.version == "v3"
+    assert reader.refused == []
+    assert_same_scores(update.path, models["v3"])

@@ -1,0 +1,513 @@
+"""Worker throughput against the client's ceiling and a predict-per-message loop, in one run.
+
+Same broker (its own local Kafka), same topic of 20-feature JSON records, same run:
+
+  (a) bare kafka-python: consume + ``json.loads``, nothing else (the client's ceiling);
+  (b) ``anomaly-worker`` as a subprocess: from partitions assigned (``/readyz``) to every record
+      counted in ``/metrics``; also its time to ready and peak RSS;
+  (c) a loop calling Keras ``model.predict`` per message, as Kafka-ML-style services do (timed on
+      a small sample, the rate extrapolated).
+
+Then the end-to-end latency (record timestamp -> event on the output topic) at about half of
+(b)'s rate with ``ANOMALY_BATCH_MAX_WAIT_MS=100``, from a paced producer.
+
+    python benchmarks/throughput.py                 # 200,000 records, markdown table on stdout
+    python benchmarks/throughput.py --quick         # 30,000 records, shorter latency run
+    python benchmarks/throughput.py --records 500000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # kafka_helpers: LocalKafka and topic helpers
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import requests  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka.consumer.subscription_state import ConsumerRebalanceListener  # noqa: E402
+from kafka_helpers import LocalKafka, create_topic, free_port, unique_name  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+N_FEATURES = 20
+PARTITIONS = 4
+WORKER_BIN = Path(sys.executable).with_name("anomaly-worker")
+TRAINER_BIN = Path(sys.executable).with_name("anomaly-trainer")
+TARGETS = {
+    "b/a": ">= 0.8",
+    "b/c": ">= 1000",
+    "p99": "<= 250 ms",
+    "rss": "<= 600 MB",
+    "ready": "<= 10 s",
+}
+
+
+# ------------------------------------------------------------------------------------- data
+def sensor_matrix(n: int, seed: int, anomaly_rate: float = 0.01) -> np.ndarray:
+    """Correlated 20-feature readings (4 latent factors), a share of them with one spiked value."""
+    mix = np.random.default_rng(2024).normal(size=(4, N_FEATURES))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)) @ mix + 0.05 * rng.normal(size=(n, N_FEATURES)) + 10.0
+    hit = np.flatnonzero(rng.random(n) < anomaly_rate)
+    x[hit, rng.integers(0, N_FEATURES, hit.size)] += rng.choice([-8.0, 8.0], hit.size)
+    return x
+
+
+def train_model(model_dir: Path, epochs: int) -> float:
+    """Fit and publish a 20-feature model with the product's own trainer; returns seconds."""
+    data = model_dir.parent / "train.npy"
+    np.save(data, sensor_matrix(5000, seed=1, anomaly_rate=0.0))
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [str(TRAINER_BIN), "fit", str(data), "--model-dir", str(model_dir), "--epochs", str(epochs),
+         "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"anomaly-trainer fit failed:\n{proc.stdout}{proc.stderr}")
+    return time.monotonic() - t0
+
+
+def encode_records(x: np.ndarray, start: int = 0) -> list[bytes]:
+    return [
+        json.dumps({"id": f"r{start + i}", "features": row}).encode()
+        for i, row in enumerate(np.round(x, 6).tolist())
+    ]
+
+
+def make_producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=512 * 1024,
+        max_request_size=4 * 1024 * 1024,
+    )  # fmt: skip
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> float:
+    """Send everything as fast as the client goes; returns records/s."""
+    producer = make_producer(bootstrap)
+    t0 = time.monotonic()
+    for i, v in enumerate(values):
+        producer.send(topic, value=v, key=str(i).encode())
+    producer.flush()
+    elapsed = time.monotonic() - t0
+    producer.close()
+    return len(values) / elapsed
+
+
+# ------------------------------------------------------------------------------ (a) bare loop
+class _Assigned(ConsumerRebalanceListener):
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def on_partitions_revoked(self, revoked: object) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: object) -> None:
+        if assigned and self.at is None:
+            self.at = time.monotonic()
+
+
+def bare_consume(bootstrap: str, topic: str, n: int, batch: int) -> float:
+    """Group consumer, poll + json.loads per record; records/s from assignment to the last."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=unique_name("bench-bare"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=batch,
+        fetch_max_bytes=50 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    listener = _Assigned()
+    consumer.subscribe([topic], listener=listener)
+    seen = 0
+    checksum = 0.0
+    try:
+        while seen < n:
+            for recs in consumer.poll(timeout_ms=500, max_records=batch).values():
+                for r in recs:
+                    checksum += json.loads(r.value)["features"][0]
+                seen += len(recs)
+            consumer.commit()  # the worker commits each batch too
+        done = time.monotonic()
+    finally:
+        consumer.close()
+    assert listener.at is not None
+    return n / (done - listener.at)
+
+
+# ------------------------------------------------------------------------------- (b) worker
+@dataclass
+class WorkerRun:
+    ready_s: float = 0.0
+    rate: float = 0.0
+    peak_rss_mb: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+
+class Worker:
+    """`anomaly-worker` subprocess with peak-RSS sampling."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = int(env["ANOMALY_METRICS_PORT"])
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [str(WORKER_BIN)], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.log_path = log
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        p = psutil.Process(self.proc.pid)
+        while not self._stop.is_set():
+            try:
+                self.peak_rss = max(self.peak_rss, p.memory_info().rss)
+            except psutil.Error:
+                return
+            self._stop.wait(0.1)
+
+    def _check(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"worker exited {self.proc.returncode}:\n{tail}")
+
+    def wait_ready(self, timeout_s: float = 120) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check()
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).ok:
+                    return time.monotonic() - self.t0
+            except requests.RequestException:
+                pass
+            time.sleep(0.02)
+        raise SystemExit("worker not ready in time")
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def counted(self) -> float:
+        m = self.metrics()
+        return sum(v for (name, _), v in m.items() if name == "anomaly_worker_records_total")
+
+    def wait_counted(self, n: int, timeout_s: float) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check()
+            if self.counted() >= n:
+                return time.monotonic()
+            time.sleep(0.02)
+        raise SystemExit(f"worker counted {self.counted()} of {n} records in {timeout_s}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def worker_env(bootstrap: str, topic: str, model_dir: Path, **extra: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_")}
+    values: dict[str, object] = {
+        "BOOTSTRAP_SERVERS": bootstrap,
+        "INPUT_TOPIC": topic,
+        "OUTPUT_TOPIC": f"{topic}-out",
+        "DLQ_TOPIC": f"{topic}-dlq",
+        "GROUP_ID": unique_name("bench-worker"),
+        "MODEL_DIR": model_dir,
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": free_port(),
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+    env.update({f"ANOMALY_{k}": str(v) for k, v in values.items()})
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def run_worker(env: dict[str, str], n: int, log: Path) -> WorkerRun:
+    w = Worker(env, log)
+    try:
+        run = WorkerRun(ready_s=w.wait_ready())
+        t_ready = time.monotonic()
+        done = w.wait_counted(n, timeout_s=max(120.0, n / 500))
+        run.rate = n / (done - t_ready)
+        run.peak_rss_mb = w.peak_rss / 2**20
+        run.metrics = {k[0]: v for k, v in w.metrics().items() if not k[1]}
+        return run
+    finally:
+        w.stop()
+
+
+# ---------------------------------------------------------------------- (c) predict per message
+def predict_per_message(bootstrap: str, topic: str, model_dir: Path, sample: int) -> float:
+    """Consume ``sample`` records and call ``model.predict`` on each one; records/s."""
+    import keras
+
+    from trainer.artifact import current_version, load_version_dir
+
+    version_dir = model_dir / "versions" / str(current_version(model_dir))
+    bundle = load_version_dir(version_dir)
+    model = keras.models.load_model(version_dir / "model.keras", compile=False)
+    offset = np.asarray(bundle.scaler.offset)
+    scale = np.asarray(bundle.scaler.scale)
+    model.predict(np.zeros((1, N_FEATURES)), verbose=0)  # build the predict function once
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=unique_name("bench-predict"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    seen = 0
+    flagged = 0
+    t0 = None
+    try:
+        while seen < sample:
+            for recs in consumer.poll(timeout_ms=500, max_records=sample - seen).values():
+                for r in recs:
+                    if t0 is None:
+                        t0 = time.monotonic()
+                    x = (np.asarray(json.loads(r.value)["features"], dtype=np.float32) - offset) / scale
+                    rec = model.predict(x[None, :], verbose=0)
+                    flagged += float(np.mean((rec[0] - x) ** 2)) > bundle.threshold
+                    seen += 1
+        elapsed = time.monotonic() - (t0 or time.monotonic())
+    finally:
+        consumer.close()
+    return seen / elapsed
+
+
+# ------------------------------------------------------------------------------ latency run
+def paced_produce(bootstrap: str, topic: str, values: list[bytes], rate: float) -> float:
+    """Send at ``rate`` records/s in 10 ms slices; returns the achieved rate."""
+    producer = make_producer(bootstrap)
+    producer.config["linger_ms"] = 5
+    t0 = time.monotonic()
+    sent = 0
+    while sent < len(values):
+        due = min(len(values), int((time.monotonic() - t0) * rate) + 1)
+        while sent < due:
+            producer.send(topic, value=values[sent], key=str(sent).encode())
+            sent += 1
+        time.sleep(0.01)
+    producer.flush()
+    achieved = len(values) / (time.monotonic() - t0)
+    producer.close()
+    return achieved
+
+
+def event_latencies(bootstrap: str, topic: str, timeout_s: float = 30) -> np.ndarray:
+    """Seconds from each source record's timestamp to its event's (producer) timestamp."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+    )  # fmt: skip
+    out = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        for r in consumer:
+            src = json.loads(r.value)["source"]["timestamp_ms"]
+            out.append((r.timestamp - src) / 1000.0)
+            if time.monotonic() > deadline:
+                break
+    finally:
+        consumer.close()
+    return np.asarray(out)
+
+
+def histogram_quantile(m: dict, name: str, q: float) -> float:
+    """Prometheus-style quantile (linear within a bucket) from a scraped histogram."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), v)
+        for (n, labels), v in m.items()
+        if n == f"{name}_bucket"
+    )
+    total = buckets[-1][1]
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-9)
+        prev_le, prev_c = le, c
+    return float("nan")
+
+
+def latency_run(
+    bootstrap: str, model_dir: Path, rate: float, seconds: float, log: Path
+) -> dict[str, float]:
+    topic = unique_name("bench-latency")
+    create_topic(bootstrap, topic, partitions=PARTITIONS)
+    create_topic(bootstrap, f"{topic}-out")
+    create_topic(bootstrap, f"{topic}-dlq")
+    n = int(rate * seconds)
+    values = encode_records(sensor_matrix(n, seed=3), start=0)
+    env = worker_env(bootstrap, topic, model_dir, BATCH_MAX_WAIT_MS=100)
+    w = Worker(env, log)
+    try:
+        w.wait_ready()
+        achieved = paced_produce(bootstrap, topic, values, rate)
+        w.wait_counted(n, timeout_s=60)
+        m = w.metrics()
+        lat = event_latencies(bootstrap, f"{topic}-out")
+        peak = w.peak_rss / 2**20
+    finally:
+        w.stop()
+    name = "anomaly_worker_end_to_end_latency_seconds"
+    return {
+        "target_rate": rate,
+        "achieved_rate": achieved,
+        "events": float(lat.size),
+        "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
+        "hist_p50_ms": histogram_quantile(m, name, 0.5) * 1000,
+        "hist_p99_ms": histogram_quantile(m, name, 0.99) * 1000,
+        "peak_rss_mb": peak,
+    }
+
+
+# ------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=200_000, help="records in the shared topic")
+    ap.add_argument("--quick", action="store_true", help="30,000 records, 10 s latency run")
+    ap.add_argument("--predict-sample", type=int, default=300, help="records for (c)")
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--batch-max-records", type=int, default=1000, help="worker batch size (b)")
+    ap.add_argument("--epochs", type=int, default=5, help="training epochs of the model")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.records = min(args.records, 30_000)
+        args.latency_seconds = min(args.latency_seconds, 10.0)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    broker = LocalKafka()
+    print(f"starting a local broker on {broker.bootstrap} ...", file=sys.stderr)
+    broker.start()
+    try:
+        model_dir = work / "models"
+        train_s = train_model(model_dir, args.epochs)
+        print(f"model trained in {train_s:.1f}s", file=sys.stderr)
+        topic = unique_name("bench-in")
+        create_topic(broker.bootstrap, topic, partitions=PARTITIONS)
+        for t in (f"{topic}-out", f"{topic}-dlq"):
+            create_topic(broker.bootstrap, t)
+        values = encode_records(sensor_matrix(args.records, seed=2))
+        record_bytes = sum(map(len, values)) / len(values)
+        prod_rate = produce(broker.bootstrap, topic, values)
+        del values
+        print(f"produced {args.records} records ({record_bytes:.0f} B each) at {prod_rate:,.0f}/s",
+              file=sys.stderr)  # fmt: skip
+
+        a = bare_consume(broker.bootstrap, topic, args.records, args.batch_max_records)
+        print(f"(a) bare consume + json: {a:,.0f} records/s", file=sys.stderr)
+        env = worker_env(
+            broker.bootstrap, topic, model_dir,
+            BATCH_MAX_RECORDS=args.batch_max_records, BATCH_MAX_WAIT_MS=100,
+        )  # fmt: skip
+        b = run_worker(env, args.records, work / "worker-b.log")
+        print(f"(b) worker: {b.rate:,.0f} records/s, ready {b.ready_s:.1f}s", file=sys.stderr)
+        c = predict_per_message(broker.bootstrap, topic, model_dir, args.predict_sample)
+        print(f"(c) predict per message: {c:,.1f} records/s", file=sys.stderr)
+        lat = latency_run(
+            broker.bootstrap, model_dir, b.rate / 2, args.latency_seconds, work / "worker-lat.log"
+        )
+        print(f"latency: {lat}", file=sys.stderr)
+    finally:
+        broker.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    peak = max(b.peak_rss_mb, lat["peak_rss_mb"])
+    figures = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "records": args.records,
+        "record_bytes": record_bytes,
+        "partitions": PARTITIONS,
+        "batch_max_records": args.batch_max_records,
+        "a_bare_rate": a,
+        "b_worker_rate": b.rate,
+        "c_predict_rate": c,
+        "b_over_a": b.rate / a,
+        "b_over_c": b.rate / c,
+        "ready_s": b.ready_s,
+        "peak_rss_mb": peak,
+        "latency": lat,
+        "worker_metrics": b.metrics,
+    }
+    print(markdown(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+    return 0
+
+
+def _ok(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def markdown(f: dict) -> str:
+    lat = f["latency"]
+    cpu = platform.processor() or platform.machine()
+    rows = [
+        ("(a) bare kafka-python consume + json.loads", f"{f['a_bare_rate']:,.0f} records/s", "", ""),
+        ("(b) anomaly-worker", f"{f['b_worker_rate']:,.0f} records/s", "", ""),
+        (f"(c) model.predict per message ({f.get('predict_sample', 300)} sampled)",
+         f"{f['c_predict_rate']:,.1f} records/s", "", ""),
+        ("b/a", f"{f['b_over_a']:.2f}", TARGETS["b/a"], _ok(f["b_over_a"] >= 0.8)),
+        ("b/c", f"{f['b_over_c']:,.0f}", TARGETS["b/c"], _ok(f["b_over_c"] >= 1000)),
+        (f"latency p50 at {lat['achieved_rate']:,.0f} records/s (events)",
+         f"{lat['p50_ms']:.0f} ms", "", ""),
+        (f"latency p99 at {lat['achieved_rate']:,.0f} records/s (events)",
+         f"{lat['p99_ms']:.0f} ms", TARGETS["p99"], _ok(lat["p99_ms"] <= 250)),
+        ("latency p50 / p99 (worker histogram, all records)",
+         f"{lat['hist_p50_ms']:.0f} / {lat['hist_p99_ms']:.0f} ms", "", ""),
+        ("worker peak RSS", f"{f['peak_rss_mb']:.0f} MB", TARGETS["rss"], _ok(f["peak_rss_mb"] <= 600)),
+        ("worker ready after start", f"{f['ready_s']:.1f} s", TARGETS["ready"], _ok(f["ready_s"] <= 10)),
+    ]  # fmt: skip
+    out = [
+        f"Throughput benchmark, {f['date']}: {f['records']:,} records of {N_FEATURES} features "
+        f"(~{f['record_bytes']:.0f} B JSON), {f['partitions']} partitions, one local broker, "
+        f"{os.cpu_count()} CPUs ({cpu}); worker batch {f['batch_max_records']} records.",
+        "",
+        "| measure | value | target | met |",
+        "| --- | --- | --- | --- |",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+    ]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
