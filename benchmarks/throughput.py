@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -299,7 +299,9 @@ def predict_per_message(bootstrap: str, topic: str, model_dir: Path, sample: int
                 for r in recs:
                     if t0 is None:
                         t0 = time.monotonic()
-                    x = (np.asarray(json.loads(r.value)["features"], dtype=np.float32) - offset) / scale
+                    x = (
+                        np.asarray(json.loads(r.value)["features"], dtype=np.float32) - offset
+                    ) / scale
                     rec = model.predict(x[None, :], verbose=0)
                     flagged += float(np.mean((rec[0] - x) ** 2)) > bundle.threshold
                     seen += 1
@@ -350,9 +352,7 @@ def event_latencies(bootstrap: str, topic: str, timeout_s: float = 30) -> np.nda
 def histogram_quantile(m: dict, name: str, q: float) -> float:
     """Prometheus-style quantile (linear within a bucket) from a scraped histogram."""
     buckets = sorted(
-        (float(dict(labels)["le"]), v)
-        for (n, labels), v in m.items()
-        if n == f"{name}_bucket"
+        (float(dict(labels)["le"]), v) for (n, labels), v in m.items() if n == f"{name}_bucket"
     )
     total = buckets[-1][1]
     rank = q * total

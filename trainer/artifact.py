@@ -92,12 +92,14 @@ class RowCounts(_Strict):
 class Manifest(_Strict):
     """Everything needed to use a version without its training code."""
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1] = 1
     version: str
     created_at: datetime
     architecture: Literal["dense", "conv"]
     feature_names: list[str]
-    input_shape: list[int] = Field(description="the Keras model's input shape without the batch axis")
+    input_shape: list[int] = Field(
+        description="the Keras model's input shape without the batch axis"
+    )
     image_shape: list[int] | None = None
     latent_dim: int
     loss: Literal["mse", "bce"]
@@ -166,7 +168,9 @@ class Scaler:
 CALIBRATION_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999)
 
 
-def calibrate(errors: np.ndarray, percentile: float, bins: int = 50) -> tuple[float, CalibrationStats]:
+def calibrate(
+    errors: np.ndarray, percentile: float, bins: int = 50
+) -> tuple[float, CalibrationStats]:
     """Threshold = the ``percentile`` of held-out normal errors; also summarise their distribution.
 
     The histogram uses log-spaced edges because reconstruction errors are heavy-tailed; the
@@ -393,7 +397,9 @@ def load_bundle(model_dir: str | os.PathLike[str], version: str | None = None) -
     """Load ``version`` (default: the current one) from a model directory."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ArtifactError(f"model directory {model_dir} does not exist: run `anomaly-trainer fit`")
+        raise ArtifactError(
+            f"model directory {model_dir} does not exist: run `anomaly-trainer fit`"
+        )
     name = normalize_version(version) if version else current_version(model_dir)
     if name is None:
         raise ArtifactError(f"{model_dir} has no current version: run `anomaly-trainer fit` first")

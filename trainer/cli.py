@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--latent", type=int, help="size of the latent code")
     g.add_argument(
+        "--activation",
+        choices=["tanh", "relu", "elu"],
+        help="hidden-layer activation of dense models (default: tanh for tables, relu for images)",
+    )
+    g.add_argument(
         "--denoise",
         type=float,
         metavar="NOISE_FACTOR",
@@ -262,6 +267,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         image_shape=tuple(image_shape) if image_shape else None,
         hidden=args.hidden,
         latent=args.latent,
+        activation=args.activation,
         denoise=args.denoise,
         loss=args.loss,
         scaler=args.scaler,

@@ -59,10 +59,10 @@ def _hwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
 def default_latent(n_features: int) -> int:
     """About a quarter of the inputs for small tables, shrinking relatively for wide inputs.
 
-    10 features -> 2, 13 -> 3, 30 -> 7, 64 pixels -> 10, 784 pixels -> 32 (the cap).
+    10 features -> 3, 13 -> 4, 30 -> 7, 64 pixels -> 10, 784 pixels -> 32 (the cap).
     """
     if n_features <= 16:
-        return max(2, round(n_features / 4))
+        return max(2, math.ceil(n_features / 3.5))
     return int(min(MAX_LATENT, max(4, round(1.25 * math.sqrt(n_features)))))
 
 

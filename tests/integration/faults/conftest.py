@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "worker"))
 
-from faults_support import INPUT_PARTITIONS, Topics, WorkerFactory, make_topics  # noqa: E402
+from faults_support import Topics, WorkerFactory, make_topics  # noqa: E402
 from worker_models import TrainedModel, publish, sensor_rows, train_model  # noqa: E402
 
 from trainer.artifact import load_bundle  # noqa: E402

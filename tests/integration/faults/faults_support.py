@@ -76,7 +76,6 @@ def make_topics(bootstrap: str, stem: str) -> Topics:
     return t
 
 
-
 class WorkerProc:
     """`anomaly-worker` as a real subprocess with ``ANOMALY_*`` settings and a log file."""
 
@@ -150,7 +149,9 @@ class WorkerProc:
         if fresh:
             with contextlib.suppress(requests.RequestException):
                 m = self.metrics()
-        return {o: m.get(("anomaly_worker_records_total", (("outcome", o),)), 0.0) for o in OUTCOMES}
+        return {
+            o: m.get(("anomaly_worker_records_total", (("outcome", o),)), 0.0) for o in OUTCOMES
+        }
 
     def records_total(self) -> float:
         return sum(self.counts().values())
@@ -160,7 +161,9 @@ class WorkerProc:
         while self.records_total() < n:
             self.assert_running()
             if time.monotonic() > deadline:
-                raise AssertionError(f"worker counted {self.records_total()} < {n}:\n{self.log_text()}")
+                raise AssertionError(
+                    f"worker counted {self.records_total()} < {n}:\n{self.log_text()}"
+                )
             time.sleep(0.1)
 
     def kill9(self) -> None:
@@ -281,9 +284,11 @@ class Stream:
                     break
                 futures = []
                 for i in range(start, min(start + chunk, self.n)):
-                    value = POISON if self.poison[i] else json.dumps(
-                        {"id": i, "features": self.x[i].tolist()}
-                    ).encode()
+                    value = (
+                        POISON
+                        if self.poison[i]
+                        else json.dumps({"id": i, "features": self.x[i].tolist()}).encode()
+                    )
                     futures.append((i, producer.send(topic, key=f"k{i}".encode(), value=value)))
                 producer.flush()
                 for i, f in futures:
@@ -309,9 +314,7 @@ class Stream:
 def committed(bootstrap: str, topic: str, group: str, partitions: int) -> dict[int, int]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
-        return {
-            p: consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)
-        }
+        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)}
     finally:
         consumer.close()
 
@@ -417,7 +420,9 @@ def account(
     missing = must - set(ev_src)
     assert not missing, f"{len(missing)} anomalies without an event, e.g. {sorted(missing)[:5]}"
     extra = set(ev_src) - must - maybe
-    assert not extra, f"{len(extra)} events for records offline scoring calls normal: {sorted(extra)[:5]}"
+    assert not extra, (
+        f"{len(extra)} events for records offline scoring calls normal: {sorted(extra)[:5]}"
+    )
     assert set(dl_src) == poison, (
         f"dead letters {sorted(set(dl_src) ^ poison)[:5]} differ from the poison records"
     )

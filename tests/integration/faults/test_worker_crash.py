@@ -48,14 +48,28 @@ def test_kill9_mid_stream_loses_nothing(
     # a fast stream: it is still running at the first kill, and later kills land while the worker
     # works through the backlog that piled up during its restart
     stream = Stream(kafka_bootstrap, topics.input, x, chunk=100, pause_s=0.1)
-    kills = []
-    for k in range(KILLS):
-        # kill at a random point of this worker's progress, in the middle of its work
-        target = rng.randint(100, 600) if k == 0 else rng.randint(100, 500)
-        w.wait_records(target, timeout_s=60)
+    kills: list[dict[str, object]] = []
+    done = 0
+    for _ in range(KILLS):
+        # kill at a random point of this worker's progress, well before it runs out of work
+        target = rng.randint(50, max(60, (N_RECORDS - done) // 4))
+        try:
+            w.wait_records(target, timeout_s=60)
+        except AssertionError as exc:
+            raise AssertionError(f"kills so far {kills}") from exc
+        time.sleep(rng.uniform(0.0, 0.1))  # somewhere inside the next batch, or between two
         w.kill9()
-        done = sum(committed(kafka_bootstrap, topics.input, topics.group, topics.partitions).values())
-        kills.append({"sent": stream.sent, "committed": done, "scored_before_kill": sum(w.counts(False).values())})
+        done = sum(
+            committed(kafka_bootstrap, topics.input, topics.group, topics.partitions).values()
+        )
+        kills.append(
+            {
+                "sent": stream.sent,
+                "committed": done,
+                "target": target,
+                "scored_before_kill": sum(w.counts(False).values()),
+            }
+        )
         w = workers.start(**settings)
         w.wait_ready()
     # every kill left records behind: produced but not yet committed
@@ -82,4 +96,3 @@ def test_kill9_mid_stream_loses_nothing(
     if delivery == "at_least_once":
         # duplicates are allowed after crashes but bounded: at most a few batches per kill
         assert acc.duplicate_events <= KILLS * 100, report
-

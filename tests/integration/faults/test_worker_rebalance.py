@@ -34,14 +34,17 @@ def test_worker_joining_and_leaving_mid_stream_loses_nothing_and_duplicates_noth
     x, _ = sensor_rows(4000, bundle.manifest.n_features, seed=61, anomaly_rate=0.05)
     a = workers.start()
     a.wait_ready()
-    stream = Stream(kafka_bootstrap, topics.input, x, chunk=50, pause_s=0.1)
-    a.wait_records(500)
+    # ~25 s of input: the join, the leave and the time between them all fall inside the stream
+    stream = Stream(kafka_bootstrap, topics.input, x, chunk=40, pause_s=0.25)
+    a.wait_records(400)
     b = workers.start()
     b.wait_ready()  # b has partitions: the group rebalanced while records kept coming
-    b.wait_records(300)
-    assert a.metric("anomaly_worker_partitions_assigned") + b.metric(
-        "anomaly_worker_partitions_assigned"
-    ) == topics.partitions
+    b.wait_records(200)
+    assert (
+        a.metric("anomaly_worker_partitions_assigned")
+        + b.metric("anomaly_worker_partitions_assigned")
+        == topics.partitions
+    )
     assert a.records_total() > 0
     assert not stream.done.is_set(), "the stream ended before the first worker left"
     code, took = a.terminate()  # a leaves: b takes all partitions

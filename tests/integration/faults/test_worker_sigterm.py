@@ -36,7 +36,9 @@ def test_sigterm_mid_stream_then_restart_no_duplicates_nothing_lost(
     stream.join()
     wait_all_committed(kafka_bootstrap, topics, [second])
     acc = account(kafka_bootstrap, topics, stream, bundle)
-    print(json.dumps({"sigterm_after_s": round(took, 3), "committed_at_stop": done, **acc.summary()}))
+    print(
+        json.dumps({"sigterm_after_s": round(took, 3), "committed_at_stop": done, **acc.summary()})
+    )
     assert acc.duplicate_events == 0, acc.summary()
     assert acc.duplicate_dead == 0, acc.summary()
     # nothing processed twice: the restart scored exactly what the first worker had not committed

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from trainer.fit import FitOptions, fit_model, publish_model  # noqa: E402
 
 FEATURES = [f"s{i}" for i in range(6)]
-QUICK = FitOptions(epochs=8, patience=3, seed=1)
+QUICK = FitOptions(epochs=15, patience=5, seed=1)
 
 
 def correlated_rows(n: int, seed: int = 0, d: int = 6) -> np.ndarray:
