@@ -374,8 +374,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     write_table(args.output, codes, [f"z{i}" for i in range(codes.shape[1])], ds.ids)
     print(
         f"encoded {len(codes)} rows to {args.output}: {x.shape[1]} -> {codes.shape[1]} values per row "
-        f"(compression {stats['compression_ratio']:.1f}x), reconstruction RMSE {stats['rmse']:.4g} "
-        f"(mean score {stats['mean_score']:.4g}, threshold {bundle.threshold:.4g})"
+        f"(compression {stats['compression_ratio']:.1f}x); reconstruction RMSE {stats['rmse']:.4g} "
+        f"in data units, mean score {stats['mean_score']:.4g} (threshold {bundle.threshold:.4g})"
     )
     return 0
 

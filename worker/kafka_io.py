@@ -174,6 +174,7 @@ class AtLeastOnceDelivery:
         self.metrics = metrics
         self.health = health
         self.should_stop = should_stop
+        self._pending_commit: Offsets = {}
 
     def _send_all(self, outs: list[OutRecord]) -> list[tuple[OutRecord, Any]]:
         futures: list[tuple[OutRecord, Any]] = []
@@ -197,8 +198,10 @@ class AtLeastOnceDelivery:
                     raise WorkerStopped() from None
 
     def deliver(self, outs: list[OutRecord], offsets: Offsets) -> bool:
-        """Returns True when the batch is acknowledged and committed (or committed by no one
-        because the group rebalanced: its new owner re-reads it). Raises WorkerStopped."""
+        """Wait until every send is acknowledged, then commit the offsets (asynchronously).
+
+        Always True (a batch whose commit fails is re-read: duplicates, never loss); raises
+        WorkerStopped when a stop is requested while the broker does not acknowledge."""
         pending = outs
         attempt = 0
         while pending:
@@ -219,26 +222,35 @@ class AtLeastOnceDelivery:
             pending = failed
         if outs:
             self.health.broker_reachable = True
-        attempt = 0
-        while True:
-            try:
-                self.consumer.commit(offsets)
-                return True
-            except (
-                kerr.CommitFailedError,
-                kerr.RebalanceInProgressError,
-                kerr.IllegalStateError,
-            ) as exc:
-                # the group moved on: the partitions' new owner re-reads this batch
-                self.metrics.commit_errors.inc()
-                log.warning("commit refused after a rebalance, batch will be re-read: %s", exc)
-                return False
-            except kerr.KafkaError as exc:
-                self.metrics.commit_errors.inc()
-                self.health.broker_reachable = False
-                log.warning("commit failed, retrying: %s", exc, extra={"attempt": attempt})
-                self._sleep(_backoff(attempt))
-                attempt += 1
+        # Asynchronous: the next batch need not wait a round trip. Commits reach the group
+        # coordinator in order and before any JoinGroup of a later poll, so a rebalance still
+        # sees this batch committed; a failed commit only means the batch is read again.
+        self._pending_commit.update(offsets)
+        self.consumer.commit_async(dict(self._pending_commit), callback=self._on_commit)
+        return True
+
+    def _on_commit(self, offsets: Offsets, response: Any) -> None:
+        # runs on kafka-python's IO thread: record, never block
+        if isinstance(response, Exception):
+            self.metrics.commit_errors.inc()
+            log.warning("offset commit failed (the batch will be re-read): %s", response)
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Partitions revoked: their offsets are the new owner's business."""
+        for tp in partitions:
+            self._pending_commit.pop(tp, None)
+
+    def commit_final(self, timeout_ms: int = 3000) -> None:
+        """Synchronous commit of everything delivered (on a clean stop)."""
+        assigned = self.consumer.assignment()
+        offsets = {tp: om for tp, om in self._pending_commit.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets, timeout_ms=timeout_ms)
+        except kerr.KafkaError as exc:
+            self.metrics.commit_errors.inc()
+            log.warning("final commit failed, the last batches will be re-read: %s", exc)
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -305,6 +317,12 @@ class TransactionalDelivery:
         self.metrics.transactions.labels("committed").inc()
         self.health.broker_reachable = True
         return True
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        pass  # offsets travel inside each transaction
+
+    def commit_final(self, timeout_ms: int = 3000) -> None:
+        pass
 
     def _abort(self) -> None:
         self.metrics.transactions.labels("aborted").inc()

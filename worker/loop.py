@@ -175,6 +175,11 @@ class Worker:
         self.health.stopping = True
         self.metrics.ready.set(0)
         self.watcher.stop()
+        if self.delivery is not None and self.consumer is not None:
+            try:
+                self.delivery.commit_final()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                log.warning("final commit: %s", exc)
         if self.consumer is not None:
             try:
                 self.consumer.close(autocommit=False, timeout_ms=3000)
@@ -241,6 +246,8 @@ class Worker:
                         count -= len(dropped)
                         self.metrics.dropped_revoked.inc(len(dropped))
                     self._positions.pop(tp, None)
+                if self.delivery is not None:
+                    self.delivery.forget(revoked)
             for tp, recs in polled.items():
                 held.setdefault(tp, []).extend(recs)
                 count += len(recs)
@@ -328,6 +335,7 @@ class Worker:
             log.warning("partitions revoked mid-batch; their records are left to the new owner")
             for tp in revoked:
                 self._positions.pop(tp, None)
+            self.delivery.forget(revoked)  # type: ignore[union-attr]
             kept = {tp: recs for tp, recs in held.items() if tp not in revoked}
             if kept:
                 self._process(kept)
