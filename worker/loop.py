@@ -74,6 +74,8 @@ class Worker:
         self._lag_labels: set[TopicPartition] = set()
         self._next_lag = 0.0
         self._next_stats = 0.0
+        self._unassigned_since = time.monotonic()
+        self._rejoins_left = 3
         self.consumer: Any = None
         self.delivery: AtLeastOnceDelivery | TransactionalDelivery | None = None
 
@@ -129,8 +131,11 @@ class Worker:
         while not self._stop.is_set():
             try:
                 if self.consumer is None:
-                    self.consumer = self._consumer_factory(self.s)
-                    self.consumer.subscribe([self.s.input_topic], listener=self.tracker)
+                    consumer = self._consumer_factory(self.s)
+                    self._await_topic_metadata(consumer)
+                    consumer.subscribe([self.s.input_topic], listener=self.tracker)
+                    self.consumer = consumer
+                    self._unassigned_since = time.monotonic()
                 stop = self._stop.is_set
                 if self.s.delivery == "exactly_once":
                     self.delivery = TransactionalDelivery(
@@ -170,6 +175,45 @@ class Worker:
                 self.health.beat()
                 self._stop.wait(delay)
         return False
+
+    def _await_topic_metadata(self, consumer: Any, timeout_s: float = 10.0) -> None:
+        """Know the input topic's partitions before joining the group: a join without them
+        leaves kafka-python with an empty assignment until the next metadata refresh."""
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set():
+            consumer.topics()  # forces a metadata request
+            if consumer.partitions_for_topic(self.s.input_topic):
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "input topic %s has no partitions yet: waiting for it to be created",
+                    self.s.input_topic,
+                )
+                return
+            self.health.beat()
+            time.sleep(0.5)
+
+    def _check_assignment(self, n_assigned: int) -> None:
+        """Rejoin when the topic has partitions but we never had any (a first join that raced
+        the topic's metadata). Bounded: more members than partitions also leaves one idle."""
+        now = time.monotonic()
+        if n_assigned:
+            self._unassigned_since = now
+            self._rejoins_left = 0  # the race is over once we had partitions
+            return
+        if self._rejoins_left <= 0:
+            return
+        if now - self._unassigned_since < max(15.0, 2 * self.s.session_timeout_ms / 1000):
+            return
+        self._unassigned_since = now
+        self._rejoins_left -= 1
+        self.consumer.topics()
+        if self.consumer.partitions_for_topic(self.s.input_topic):
+            log.warning(
+                "no partitions assigned although %s has some: rejoining", self.s.input_topic
+            )
+            self.consumer.unsubscribe()
+            self.consumer.subscribe([self.s.input_topic], listener=self.tracker)
 
     def _close(self) -> None:
         self.health.stopping = True
@@ -389,6 +433,7 @@ class Worker:
         n_assigned = len(self.consumer.assignment())
         self.health.partitions = n_assigned
         self.metrics.partitions_assigned.set(n_assigned)
+        self._check_assignment(n_assigned)
         ready, _ = self.health.ready()
         self.metrics.ready.set(1 if ready else 0)
 

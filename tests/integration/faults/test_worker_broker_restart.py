@@ -1,16 +1,30 @@
 """The broker restarts mid-stream: the worker stays up, /readyz turns false during the outage and
-true after, it recovers by itself and nothing is lost. Uses its own broker (not the session's)."""
+true after, it recovers by itself and nothing is lost. Uses its own broker (not the session's).
+
+The outage is run once per module (a broker restart takes ~15-30 s here); the tests check its
+outcome from two sides: the records, and readiness.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faults_support import Stream, WorkerFactory, account, make_topics, wait_all_committed
+from faults_support import (
+    Accounting,
+    Stream,
+    WorkerFactory,
+    WorkerProc,
+    account,
+    make_topics,
+    wait_all_committed,
+)
 from kafka_helpers import LocalKafka
 from worker_models import sensor_rows
 
@@ -18,23 +32,15 @@ from trainer.artifact import load_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+N_RECORDS = 3000
+# The broker is down for its stop, 2 s and its start (~15-30 s): readiness must notice quickly.
 READY_FALSE_WITHIN_S = 5.0
-
-
-@pytest.fixture
-def own_broker() -> Iterator[LocalKafka]:
-    broker = LocalKafka()
-    try:
-        broker.start()
-        yield broker
-    finally:
-        broker.close()
 
 
 class ReadyProbe:
     """Samples /readyz every 100 ms from a thread: [(monotonic time, True/False/None)]."""
 
-    def __init__(self, worker) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, worker: WorkerProc) -> None:
         self.samples: list[tuple[float, bool | None]] = []
         self._stop = threading.Event()
         self._worker = worker
@@ -52,23 +58,46 @@ class ReadyProbe:
         return self.samples
 
 
-def test_broker_restart_mid_stream(
-    own_broker: LocalKafka, busy_model_dir: Path, tmp_path: Path
-) -> None:
-    topics = make_topics(own_broker.bootstrap, "restart")
-    workers = WorkerFactory(own_broker.bootstrap, topics, busy_model_dir, tmp_path)
+@dataclass
+class Outage:
+    acc: Accounting
+    counts: dict[str, float]
+    exit_code: int
+    t_down: float
+    t_up: float
+    t_ready: float
+    samples: list[tuple[float, bool | None]]
+    log: str
+
+    def timeline(self) -> list[tuple[float, bool | None]]:
+        return [(round(t - self.t_down, 1), ok) for t, ok in self.samples]
+
+
+@pytest.fixture(scope="module")
+def outage(
+    tmp_path_factory: pytest.TempPathFactory, _faults_busy_published: Path
+) -> Iterator[Outage]:
+    """A worker scoring a live stream while its broker is stopped and started again."""
+    tmp = tmp_path_factory.mktemp("broker-restart")
+    model_dir = tmp / "models"
+    shutil.copytree(_faults_busy_published, model_dir)
+    broker = LocalKafka()
+    workers = None
     try:
-        bundle = load_bundle(busy_model_dir)
-        x, _ = sensor_rows(3000, bundle.manifest.n_features, seed=71, anomaly_rate=0.05)
+        broker.start()
+        topics = make_topics(broker.bootstrap, "restart")
+        workers = WorkerFactory(broker.bootstrap, topics, model_dir, tmp)
+        bundle = load_bundle(model_dir)
+        x, _ = sensor_rows(N_RECORDS, bundle.manifest.n_features, seed=71, anomaly_rate=0.05)
         w = workers.start()
         w.wait_ready()
-        stream = Stream(own_broker.bootstrap, topics.input, x, chunk=100, pause_s=0.2)
+        stream = Stream(broker.bootstrap, topics.input, x, chunk=100, pause_s=0.2)
         w.wait_records(600)
         probe = ReadyProbe(w)
         t_down = time.monotonic()
-        own_broker.stop()
-        time.sleep(2.0)  # down for the stop, these 2 s and the start (~15 s in all)
-        own_broker.start()
+        broker.stop()
+        time.sleep(2.0)
+        broker.start()
         t_up = time.monotonic()
         deadline = t_up + 60
         while not w.ready():
@@ -79,30 +108,44 @@ def test_broker_restart_mid_stream(
         samples = probe.stop()
         assert w.alive(), w.log_text()
         stream.join()
-        wait_all_committed(own_broker.bootstrap, topics, [w])
-        acc = account(own_broker.bootstrap, topics, stream, bundle)
+        wait_all_committed(broker.bootstrap, topics, [w])
+        acc = account(broker.bootstrap, topics, stream, bundle)
         counts = w.counts()
+        log = w.log_text(6000)
+        code, _ = w.terminate()
+        result = Outage(acc, counts, code, t_down, t_up, t_ready, samples, log)
+        first_false = next((t for t, ok in result.timeline() if ok is False), None)
         report = {
             "outage_s": round(t_up - t_down, 1),
+            "readyz_false_after_s": first_false,
             "ready_again_after_broker_up_s": round(t_ready - t_up, 1),
             "worker_counts": counts,
             **acc.summary(),
         }
-        timeline = [(round(t - t_down, 1), ok) for t, ok in samples]
-        first_false = next((t for t, ok in timeline if ok is False), None)
-        report["readyz_false_after_s"] = first_false
         print(json.dumps(report))
-        assert sum(counts.values()) >= len(x)
-        code, took = w.terminate()
-        assert code == 0, w.log_text()
-        # readiness must follow the outage: false within a few seconds (the broker was down for
-        # much longer), true again once it is back
-        assert first_false is not None and first_false <= READY_FALSE_WITHIN_S, (
-            f"/readyz did not turn false within {READY_FALSE_WITHIN_S}s of the broker stopping "
-            f"(back after {t_up - t_down:.1f}s): {timeline}"
-        )
-        assert samples[-1][1] is not False
-        # one worker and no crash, but the group membership may expire during the outage and a
-        # batch be re-read: reported above, not asserted
+        yield result
     finally:
-        workers.close()
+        if workers is not None:
+            workers.close()
+        broker.close()
+
+
+def test_broker_restart_mid_stream_worker_recovers_and_loses_nothing(outage: Outage) -> None:
+    # `account` (in the fixture) already checked every record: each anomaly has an event, no
+    # other record has one, the poison records are dead-lettered. The worker kept running and
+    # stopped cleanly afterwards.
+    assert outage.exit_code == 0, outage.log
+    assert sum(outage.counts.values()) >= N_RECORDS
+    assert outage.samples[-1][1] is True or outage.t_ready >= outage.t_up
+    # one worker and no crash, but the group membership may expire during the outage and a
+    # batch be read again: duplicates are reported (printed by the fixture), not asserted
+
+
+def test_readyz_false_during_broker_outage_and_true_after(outage: Outage) -> None:
+    timeline = outage.timeline()
+    first_false = next((t for t, ok in timeline if ok is False), None)
+    assert first_false is not None and first_false <= READY_FALSE_WITHIN_S, (
+        f"/readyz did not turn false within {READY_FALSE_WITHIN_S}s of the broker stopping "
+        f"(back after {outage.t_up - outage.t_down:.1f}s): {timeline}\n{outage.log}"
+    )
+    assert outage.t_ready - outage.t_up < 30  # ready again soon after the broker is back
