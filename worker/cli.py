@@ -6,6 +6,7 @@ Exit codes: 0 after a clean stop (also when fenced by a newer instance in exactl
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -58,6 +59,8 @@ def _install_signal_handlers(worker: Worker, timeout_s: float) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: where is a stuck worker stuck?
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -258,15 +258,16 @@ class Stream:
             self.poison[poison_every // 2 :: poison_every] = True
         self.placed: list[Source | None] = [None] * self.n
         self.sent = 0
+        self.pause_s = pause_s  # may be changed while the stream runs (0: as fast as it goes)
         self.done = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._args = (bootstrap, topic, chunk, pause_s)
+        self._args = (bootstrap, topic, chunk)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        bootstrap, topic, chunk, pause_s = self._args
+        bootstrap, topic, chunk = self._args
         # generous timeouts: the broker may be down for a while in the broker-restart test
         producer = KafkaProducer(
             bootstrap_servers=bootstrap,
@@ -295,7 +296,7 @@ class Stream:
                     meta = f.get(timeout=120)
                     self.placed[i] = (meta.partition, meta.offset)
                 self.sent = start + len(futures)
-                time.sleep(pause_s)
+                time.sleep(self.pause_s)
         except BaseException as exc:  # surfaced by join()
             self.error = exc
         finally:

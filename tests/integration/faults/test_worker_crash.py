@@ -28,7 +28,7 @@ from trainer.artifact import load_bundle
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILLS = 3
-N_RECORDS = 3000
+N_RECORDS = 4000
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
@@ -45,19 +45,12 @@ def test_kill9_mid_stream_loses_nothing(
 
     w = workers.start(**settings)
     w.wait_ready()
-    # a fast stream: it is still running at the first kill, and later kills land while the worker
-    # works through the backlog that piled up during its restart
-    stream = Stream(kafka_bootstrap, topics.input, x, chunk=100, pause_s=0.1)
+    # a slow stream that outlasts the kills and restarts (~80 records/s); sped up afterwards
+    stream = Stream(kafka_bootstrap, topics.input, x, chunk=20, pause_s=0.25)
     kills: list[dict[str, object]] = []
-    done = 0
     for _ in range(KILLS):
-        # kill at a random point of this worker's progress, well before it runs out of work
-        target = rng.randint(50, max(60, (N_RECORDS - done) // 4))
-        try:
-            w.wait_records(target, timeout_s=60)
-        except AssertionError as exc:
-            raise AssertionError(f"kills so far {kills}") from exc
-        time.sleep(rng.uniform(0.0, 0.1))  # somewhere inside the next batch, or between two
+        w.wait_records(1, timeout_s=60)  # it is scoring the stream
+        time.sleep(rng.uniform(0.2, 1.5))  # a random point: inside a batch or between two
         w.kill9()
         done = sum(
             committed(kafka_bootstrap, topics.input, topics.group, topics.partitions).values()
@@ -66,15 +59,13 @@ def test_kill9_mid_stream_loses_nothing(
             {
                 "sent": stream.sent,
                 "committed": done,
-                "target": target,
                 "scored_before_kill": sum(w.counts(False).values()),
             }
         )
         w = workers.start(**settings)
         w.wait_ready()
-    # every kill left records behind: produced but not yet committed
-    assert sum(k["committed"] < N_RECORDS for k in kills) == KILLS, kills
-    assert kills[0]["sent"] < N_RECORDS, "the first kill came after the stream ended"
+    stream.pause_s = 0.0
+    assert all(k["sent"] < N_RECORDS for k in kills), f"a kill came after the stream ended: {kills}"
 
     stream.join()
     wait_all_committed(kafka_bootstrap, topics, [w])

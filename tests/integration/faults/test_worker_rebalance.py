@@ -94,7 +94,9 @@ def test_metrics_count_each_record_once_across_two_workers(
     stream.join()
     wait_all_committed(kafka_bootstrap, topics, [a, b])
     acc = account(kafka_bootstrap, topics, stream, bundle)
-    assert a.records_total() > 0 and b.records_total() > 0
+    assert a.records_total() > 0 and b.records_total() > 0, (
+        f"one worker did all the work:\n{a.log_text(3000)}\n---\n{b.log_text(3000)}"
+    )
     assert_counts_match(sum_counts([a, b]), acc, len(x))
     assert a.terminate()[0] == 0
     assert b.terminate()[0] == 0

@@ -26,7 +26,9 @@ class Stream:
     `stop` ends it early; `join` returns the (partition, offset) of each row sent, in row order.
     """
 
-    def __init__(self, bootstrap: str, topic: str, x: np.ndarray, chunk: int, pause_s: float) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, x: np.ndarray, chunk: int, pause_s: float
+    ) -> None:
         self.placed: list[tuple[int, int]] = []
         self.done = threading.Event()
         self._stop = threading.Event()
@@ -146,7 +148,9 @@ def test_exactly_once_read_committed_sees_each_event_once(
     assert set(got) == want
     assert max(got.values()) == 1
     dead = consume_all(kafka_bootstrap, topics.dlq, isolation_level="read_committed")
-    assert [(int(d.header("dlq.source.partition")), int(d.header("dlq.source.offset"))) for d in dead] == poison
+    assert [
+        (int(d.header("dlq.source.partition")), int(d.header("dlq.source.offset"))) for d in dead
+    ] == poison
     assert again.metric("anomaly_worker_transactions_total", result="committed") > 0
     assert again.terminate()[0] == 0
 
@@ -192,7 +196,11 @@ def test_a_second_worker_joining_mid_stream_shares_partitions_and_loses_nothing(
     while committed_total(kafka_bootstrap, topics.input, topics.group) < len(x):
         assert time.monotonic() < deadline, (a.log_text()[-2000:], b.log_text()[-2000:])
         time.sleep(0.3)
-    assert a.metric("anomaly_worker_partitions_assigned") + b.metric("anomaly_worker_partitions_assigned") == 3
+    assert (
+        a.metric("anomaly_worker_partitions_assigned")
+        + b.metric("anomaly_worker_partitions_assigned")
+        == 3
+    )
     assert b.records_total() > 0 and a.records_total() > 0
     total = a.records_total() + b.records_total()
     want = expected_sources(bundle, x, placed)

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 def wait_for(predicate, what: str, worker: WorkerProcess, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{worker.log_text()[-3000:]}"
+        assert time.monotonic() < deadline, (
+            f"timed out waiting for {what}:\n{worker.log_text()[-3000:]}"
+        )
         time.sleep(0.2)
 
 
@@ -70,11 +72,15 @@ def test_new_version_is_swapped_in_and_other_schema_refused(
     flagged1 = int((v1.score(x1).scores > v1.threshold).sum())
     want2 = {placed2[i] for i in np.flatnonzero(v2.score(x2).scores > v2.threshold)}
     want3 = {placed3[i] for i in np.flatnonzero(v2.score(x3).scores > v2.threshold)}
-    events = consume_all(kafka_bootstrap, topics.output, expected=flagged1 + len(want2) + len(want3))
+    events = consume_all(
+        kafka_bootstrap, topics.output, expected=flagged1 + len(want2) + len(want3)
+    )
     by_version: dict[str, set] = {"v1": set(), "v2": set()}
     for e in events:
         body = e.json()
-        by_version[body["model_version"]].add((body["source"]["partition"], body["source"]["offset"]))
+        by_version[body["model_version"]].add(
+            (body["source"]["partition"], body["source"]["offset"])
+        )
     assert len(by_version["v1"]) == flagged1
     assert by_version["v2"] == want2 | want3
     assert worker.metric("anomaly_worker_model_reloads_total", result="success") == 2
