@@ -134,6 +134,13 @@ def mean_result(results: list[Result]) -> Result:
     )
 
 
+def spread_result(results: list[Result]) -> Result:
+    """Standard deviation over the splits (0 for a single split)."""
+    return Result(
+        *(float(np.std([getattr(r, f) for r in results])) for f in Result.__dataclass_fields__)
+    )
+
+
 def time_digits() -> str:
     x, _ = digits()
     started = time.perf_counter()
@@ -178,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases(args.quick):
         if args.only and args.only not in case.name:
             continue
-        r = mean_result([run_case(case, seed, options) for seed in range(repeats)])
+        per_split = [run_case(case, seed, options) for seed in range(repeats)]
+        r, sd = mean_result(per_split), spread_result(per_split)
         ratio = r.ae_auc / r.if_auc if r.if_auc else float("nan")
         line = (
-            f"| {case.name} | {r.ae_auc:.3f} | {r.if_auc:.3f} | {r.ae_f1:.3f} | {r.if_f1:.3f} "
-            f"| {ratio:.3f} |"
+            f"| {case.name} | {r.ae_auc:.3f} ± {sd.ae_auc:.3f} | {r.if_auc:.3f} ± {sd.if_auc:.3f} "
+            f"| {r.ae_f1:.3f} ± {sd.ae_f1:.3f} | {r.if_f1:.3f} ± {sd.if_f1:.3f} | {ratio:.3f} |"
         )
         rows.append((r, line))
         print(line, file=sys.stderr, flush=True)
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             timing += [time_large("dense"), time_large("conv")]
     day = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(
-        f"Detection quality, default trainer vs IsolationForest ({day}; mean of {repeats} splits)\n"
+        f"Detection quality, default trainer vs IsolationForest ({day}; mean ± standard deviation over {repeats} splits)\n"
     )
     print("| dataset | AE ROC-AUC | IF ROC-AUC | AE F1 | IF F1 | ratio (AE/IF ROC-AUC) |")
     print("|---|---|---|---|---|---|")

@@ -165,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"versions to keep (default {artifact.DEFAULT_KEEP})",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    _publish_topic(p)
+    g = p.add_argument_group("retraining")
+    g.add_argument(
+        "--exclude-flagged",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="leave out rows the current model flags, so a retrain does not learn recent anomalies"
+        " as normal (auto: yes when DATA is a kafka:// topic and --model-dir has a current model)",
+    )
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("score", help="offline scores, the same numbers the worker emits")
@@ -212,13 +221,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("versions", help="published versions; * marks the current one")
     _model_dir(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    _publish_topic(p, "also list the versions on this model topic")
     p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("promote", help="make an older version current (rollback)")
     p.add_argument("version", metavar="VERSION", help="e.g. v2 or 2")
     _model_dir(p)
+    _publish_topic(p, "roll back on this model topic too (the version must be on it)")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("publish", help="send a published version to a compacted model topic")
+    p.add_argument("version", metavar="VERSION", nargs="?", help="default: the current version")
+    _model_dir(p)
+    p.add_argument(
+        "--publish-topic",
+        required=True,
+        metavar="kafka://HOST:PORT/TOPIC",
+        help="model topic that workers with ANOMALY_MODEL_TOPIC follow",
+    )
+    p.add_argument(
+        "--no-current", action="store_true", help="send the version without making it current"
+    )
+    p.set_defaults(func=cmd_publish)
     return parser
+
+
+def _publish_topic(
+    p: argparse.ArgumentParser,
+    text: str = "also publish the new version to this compacted model topic (workers with"
+    " ANOMALY_MODEL_TOPIC pick it up)",
+) -> None:
+    p.add_argument("--publish-topic", metavar="kafka://HOST:PORT/TOPIC", help=text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,10 +313,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         percentile=args.percentile,
         seed=args.seed,
     )
-    trained = fit_model(
-        ds.x, ds.feature_names, ds.labels, options, source=ds.source, quiet=args.quiet
-    )
+    x, labels, flagged = ds.x, ds.labels, None
+    if _should_exclude_flagged(args):
+        x, labels, flagged = _drop_flagged(ds, args.model_dir, quiet=args.quiet)
+    trained = fit_model(x, ds.feature_names, labels, options, source=ds.source, quiet=args.quiet)
+    if flagged is not None:
+        trained = _with_flagged_note(trained, *flagged)
     version = publish_model(trained, args.model_dir, keep=args.keep)
+    if args.publish_topic:
+        from trainer.model_topic import publish_from_model_dir
+
+        publish_from_model_dir(args.publish_topic, args.model_dir, version)
+        _err(f"sent {version} to model topic {args.publish_topic}")
     m = trained.manifest
     if args.report:
         from trainer.report import write_report
@@ -307,6 +348,59 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"(p{m.percentile:g} of {m.rows.calibration} held-out rows), val_loss {vm['val_loss']:.5g}{extra}"
         + (f"; report in {args.report}" if args.report else "")
     )
+    return 0
+
+
+def _should_exclude_flagged(args: argparse.Namespace) -> bool:
+    has_model = artifact.current_version(args.model_dir) is not None
+    if args.exclude_flagged == "yes":
+        if not has_model:
+            raise ConfigError(
+                f"--exclude-flagged yes needs a current model in {args.model_dir} to flag rows"
+            )
+        return True
+    return args.exclude_flagged == "auto" and has_model and args.data.startswith("kafka://")
+
+
+def _drop_flagged(ds: Any, model_dir: Path, *, quiet: bool) -> tuple[Any, Any, tuple[int, str]]:
+    """Rows the current model flags are left out of training (they may be recent anomalies)."""
+    bundle = artifact.load_bundle(model_dir)
+    x = _model_rows(ds, bundle)
+    flagged = bundle.score(x).is_anomaly(bundle.threshold)
+    n = int(flagged.sum())
+    keep = ~flagged
+    note = (
+        f"retrained without {n} of {len(flagged)} rows that the previous model {bundle.version}"
+        f" flagged (threshold {bundle.threshold:.6g}); pass --exclude-flagged no to keep them"
+    )
+    if not quiet:
+        _err(note)
+    labels = None if ds.labels is None else ds.labels[keep]
+    return ds.x[keep], labels, (n, note)
+
+
+def _with_flagged_note(trained: Any, n: int, note: str) -> Any:
+    """Record the left-out rows in the manifest and the report."""
+    import dataclasses
+
+    m = trained.manifest
+    manifest = m.model_copy(
+        update={
+            "rows": m.rows.model_copy(update={"excluded_flagged": n, "total": m.rows.total + n}),
+            "notes": [*m.notes, note],
+        }
+    )
+    return dataclasses.replace(trained, manifest=manifest, notes=[*trained.notes, note])
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from trainer.model_topic import publish_from_model_dir
+
+    version = publish_from_model_dir(
+        args.publish_topic, args.model_dir, args.version, make_current=not args.no_current
+    )
+    state = "sent" if args.no_current else "sent and made current"
+    print(f"{version} {state} on model topic {args.publish_topic}")
     return 0
 
 
@@ -424,6 +518,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
     if not Path(args.model_dir).is_dir():
         raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
     infos = artifact.list_versions(args.model_dir)
+    if args.publish_topic:
+        return _topic_versions(args)
     if args.json:
         print(
             json.dumps(
@@ -453,11 +549,43 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topic_versions(args: argparse.Namespace) -> int:
+    from trainer.model_topic import list_topic_versions, parse_topic_url
+
+    infos = list_topic_versions(*parse_topic_url(args.publish_topic))
+    rows = [
+        {
+            "version": v.version,
+            "current": v.is_current,
+            "sha256": v.sha256,
+            "size": v.size,
+            "problem": v.problem,
+        }
+        for v in infos
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"no versions on {args.publish_topic}: run `{PROG} publish`")
+    for r in rows:
+        problem = f"  REFUSED: {r['problem']}" if r["problem"] else ""
+        print(f"{'*' if r['current'] else ' '} {r['version']:<6} {r['size']:>10} bytes{problem}")
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     before = artifact.current_version(args.model_dir)
     if not Path(args.model_dir).is_dir():
         raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
     name = artifact.normalize_version(args.version)
+    if args.publish_topic:
+        from trainer.model_topic import parse_topic_url, promote_on_topic
+
+        promote_on_topic(*parse_topic_url(args.publish_topic), name)
+        print(f"{name} is current on model topic {args.publish_topic}")
+        if not (Path(args.model_dir) / artifact.VERSIONS_DIR / name).is_dir():
+            return 0
     artifact.set_current(args.model_dir, name)
     print(
         f"current version is now {name}" + (f" (was {before})" if before and before != name else "")

@@ -100,3 +100,31 @@ def test_metrics_count_each_record_once_across_two_workers(
     assert_counts_match(sum_counts([a, b]), acc, len(x))
     assert a.terminate()[0] == 0
     assert b.terminate()[0] == 0
+
+
+def test_rebalance_inside_a_long_batch_loses_nothing(
+    kafka_bootstrap: str, workers: WorkerFactory
+) -> None:
+    """A join while the first worker is in the middle of a 2 s batch window (many polls).
+
+    The rebalance revokes every partition and gives half of them back to the same worker.
+    kafka-python keeps the fetch position of a partition that stays assigned, so records of it
+    that the worker held from earlier polls of the batch must be kept (or re-read), not dropped.
+    """
+    topics = workers.topics
+    bundle = load_bundle(workers.model_dir)
+    x, _ = sensor_rows(2400, bundle.manifest.n_features, seed=63, anomaly_rate=0.05)
+    long_batches = {"BATCH_MAX_WAIT_MS": 2000, "BATCH_MAX_RECORDS": 100_000}
+    a = workers.start(**long_batches)
+    a.wait_ready()
+    stream = Stream(kafka_bootstrap, topics.input, x, chunk=40, pause_s=0.2)
+    a.wait_records(200)
+    b = workers.start(**long_batches)
+    b.wait_ready()
+    stream.join()
+    wait_all_committed(kafka_bootstrap, topics, [a, b])
+    acc = account(kafka_bootstrap, topics, stream, bundle)
+    dropped = a.metric("anomaly_worker_dropped_revoked_records_total")
+    print(json.dumps({**acc.summary(), "dropped_on_revocation_by_a": dropped}))
+    assert a.terminate()[0] == 0
+    assert b.terminate()[0] == 0
