@@ -168,7 +168,9 @@ class AtLeastOnceDelivery:
         metrics: WorkerMetrics,
         health: HealthState,
         should_stop: Callable[[], bool],
+        commit_async: bool = False,
     ) -> None:
+        self.commit_async = commit_async
         self.producer = producer
         self.consumer = consumer
         self.metrics = metrics
@@ -222,12 +224,33 @@ class AtLeastOnceDelivery:
             pending = failed
         if outs:
             self.health.broker_reachable = True
-        # Asynchronous: the next batch need not wait a round trip. Commits reach the group
-        # coordinator in order and before any JoinGroup of a later poll, so a rebalance still
-        # sees this batch committed; a failed commit only means the batch is read again.
+        # Synchronous by default: the batch is committed before the next poll, where
+        # rebalances happen, so a new owner never re-reads it. commit_async saves a round trip
+        # per batch but a rebalance may then re-deliver the last batch (duplicates, no loss).
         self._pending_commit.update(offsets)
-        self.consumer.commit_async(dict(self._pending_commit), callback=self._on_commit)
-        return True
+        if self.commit_async:
+            self.consumer.commit_async(dict(self._pending_commit), callback=self._on_commit)
+            return True
+        attempt = 0
+        while True:
+            try:
+                self.consumer.commit(offsets)
+                return True
+            except (
+                kerr.CommitFailedError,
+                kerr.RebalanceInProgressError,
+                kerr.IllegalStateError,
+            ) as exc:
+                # the group moved on: the partitions' new owner re-reads this batch
+                self.metrics.commit_errors.inc()
+                log.warning("commit refused after a rebalance, batch will be re-read: %s", exc)
+                return True
+            except kerr.KafkaError as exc:
+                self.metrics.commit_errors.inc()
+                self.health.broker_reachable = False
+                log.warning("commit failed, retrying: %s", exc, extra={"attempt": attempt})
+                self._sleep(_backoff(attempt))
+                attempt += 1
 
     def _on_commit(self, offsets: Offsets, response: Any) -> None:
         # runs on kafka-python's IO thread: record, never block

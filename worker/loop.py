@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from kafka import errors as kerr
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from trainer.artifact import ModelBundle
 from worker import decode as dec
@@ -152,6 +152,7 @@ class Worker:
                         self.metrics,
                         self.health,
                         stop,
+                        commit_async=self.s.commit_async,
                     )
                 self.health.broker_reachable = True
                 log.info(
@@ -194,23 +195,28 @@ class Worker:
             time.sleep(0.5)
 
     def _check_assignment(self, n_assigned: int) -> None:
-        """Rejoin when the topic has partitions but we never had any (a first join that raced
-        the topic's metadata). Bounded: more members than partitions also leaves one idle."""
+        """Rejoin when we hold no partitions for long although the topic has some and either
+        the membership is not stable (a rejoin that never completed) or we never had any (a
+        first join that raced the topic's metadata). A stable idle member of a group with more
+        members than partitions is left alone."""
         now = time.monotonic()
         if n_assigned:
             self._unassigned_since = now
-            self._rejoins_left = 0  # the race is over once we had partitions
+            self._rejoins_left = 0
             return
-        if self._rejoins_left <= 0:
-            return
-        if now - self._unassigned_since < max(15.0, 2 * self.s.session_timeout_ms / 1000):
+        if now - self._unassigned_since < max(30.0, 2 * self.s.session_timeout_ms / 1000):
             return
         self._unassigned_since = now
-        self._rejoins_left -= 1
+        state = getattr(self.consumer.group_metadata(), "state", None)
+        if state == MemberState.STABLE and self._rejoins_left <= 0:
+            return
         self.consumer.topics()
         if self.consumer.partitions_for_topic(self.s.input_topic):
+            self._rejoins_left -= 1
             log.warning(
-                "no partitions assigned although %s has some: rejoining", self.s.input_topic
+                "no partitions assigned although %s has some (membership %s): rejoining",
+                self.s.input_topic,
+                state,
             )
             self.consumer.unsubscribe()
             self.consumer.subscribe([self.s.input_topic], listener=self.tracker)

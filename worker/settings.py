@@ -53,6 +53,11 @@ class WorkerSettings(BaseSettings):
         description="exactly_once only; default '<group>-<hostname>' so that a restarted replica"
         " fences and aborts its predecessor's open transaction at once",
     )
+    commit_async: bool = Field(
+        False,
+        description="at_least_once: commit offsets without waiting (faster); a rebalance may then"
+        " re-deliver the last batch",
+    )
     transaction_timeout_ms: int = Field(30000, ge=1000)
     session_timeout_ms: int = Field(10000, ge=1000)
     max_poll_interval_ms: int = Field(300000, ge=1000)

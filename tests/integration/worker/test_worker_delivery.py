@@ -204,7 +204,7 @@ def test_a_second_worker_joining_mid_stream_shares_partitions_and_loses_nothing(
     assert b.records_total() > 0 and a.records_total() > 0
     total = a.records_total() + b.records_total()
     want = expected_sources(bundle, x, placed)
-    events = consume_all(kafka_bootstrap, topics.output, expected=len(want), timeout_s=30)
+    events = consume_all(kafka_bootstrap, topics.output)  # to the end: duplicates may exist
     got = event_sources(events)
     assert set(got) == want  # every anomaly has an event
     duplicates = sum(got.values()) - len(got)
