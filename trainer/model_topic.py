@@ -53,6 +53,7 @@ from trainer.artifact import (
     DEFAULT_KEEP,
     MANIFEST_FILE,
     MODEL_FILE,
+    OPTIONAL_FILES,
     SCALER_FILE,
     VERSIONS_DIR,
     Manifest,
@@ -108,14 +109,15 @@ def sha256_hex(data: bytes) -> str:
 
 
 def pack_version_dir(path: str | os.PathLike[str]) -> bytes:
-    """The three files of a version as one tar: sorted names, zeroed times and owners.
+    """The files of a version as one tar: sorted names, zeroed times and owners.
 
     Same files, same bytes (hence the same sha256), whoever packs them and whenever.
     """
     path = Path(path)
+    optional = [n for n in OPTIONAL_FILES if (path / n).is_file()]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in PACKED_FILES:
+        for name in sorted((*PACKED_FILES, *optional)):
             try:
                 data = (path / name).read_bytes()
             except FileNotFoundError as exc:
@@ -135,14 +137,15 @@ def pack_version_dir(path: str | os.PathLike[str]) -> bytes:
 def unpack_blob(blob: bytes, dest: Path) -> None:
     """Write the files of a packed version into the existing directory ``dest``.
 
-    Only the three regular files of a version are accepted, so a hostile blob cannot write
+    Only the regular files of a version are accepted, so a hostile blob cannot write
     anywhere else (no paths, links or devices).
     """
     seen: set[str] = set()
     try:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
             for member in tar:
-                if member.name not in PACKED_FILES or not member.isfile() or member.name in seen:
+                allowed = member.name in PACKED_FILES or member.name in OPTIONAL_FILES
+                if not allowed or not member.isfile() or member.name in seen:
                     raise ArtifactError(f"unexpected member {member.name!r} in a model blob")
                 seen.add(member.name)
                 src = tar.extractfile(member)

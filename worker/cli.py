@@ -20,10 +20,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from worker.http import HealthState, HttpEndpoints
+from worker.kafka_io import client_config
 from worker.logs import configure_logging
 from worker.loop import EXIT_ERROR, Worker
 from worker.metrics import WorkerMetrics
-from worker.reload import ModelWatcher
+from worker.reload import ModelWatcher, TopicModelWatcher
 from worker.settings import WorkerSettings, load_settings
 
 log = logging.getLogger("worker")
@@ -36,10 +37,43 @@ def build_worker(settings: WorkerSettings) -> tuple[Worker, HttpEndpoints]:
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     health = HealthState(settings.liveness_timeout_s)
-    watcher = ModelWatcher(settings.model_dir, settings.model_poll_interval_s, metrics)
+    watcher = build_model_watcher(settings, metrics, health)
     worker = Worker(settings, metrics, health, watcher)
     http = HttpEndpoints(settings.metrics_host, settings.metrics_port, registry, health)
     return worker, http
+
+
+def build_model_watcher(
+    settings: WorkerSettings, metrics: WorkerMetrics, health: HealthState
+) -> ModelWatcher:
+    """The model source: the model topic if one is set (MODEL_DIR is then its cache), else
+    MODEL_DIR itself. The topic wins because it is what every replica shares; a directory is
+    only ever one machine's copy."""
+    location = settings.model_topic_location
+    if location is None:
+        log.info("model source: directory %s", settings.model_dir)
+        return ModelWatcher(
+            settings.model_dir, settings.model_poll_interval_s, metrics, heartbeat=health.beat
+        )
+    bootstrap, topic = location
+    log.info(
+        "model source: topic %s at %s (%s is only its local cache)",
+        topic,
+        bootstrap,
+        settings.model_dir,
+    )
+    # The input's security settings (SASL, TLS) apply to the model topic's brokers too.
+    config = {k: v for k, v in client_config(settings).items() if k != "bootstrap_servers"}
+    config["client_id"] = f"{settings.client_id}-model-topic"
+    return TopicModelWatcher(
+        settings.model_dir,
+        metrics,
+        bootstrap,
+        topic,
+        consumer_config=config,
+        heartbeat=health.beat,
+        retry_s=settings.model_poll_interval_s,
+    )
 
 
 def _install_signal_handlers(worker: Worker, timeout_s: float) -> None:
@@ -105,6 +139,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             "group_id": settings.group_id,
             "delivery": settings.delivery,
             "model_dir": str(settings.model_dir),
+            "model_topic": settings.model_topic,
         },
     )
     code = worker.run()

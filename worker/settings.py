@@ -8,13 +8,19 @@ environment itself.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trainer.errors import ConfigError
+from trainer.model_topic import parse_topic_url
+
+_TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 
 
 class WorkerSettings(BaseSettings):
@@ -79,7 +85,17 @@ class WorkerSettings(BaseSettings):
     ssl_check_hostname: bool = True
 
     # --- model ---------------------------------------------------------------------------------
-    model_dir: Path = Field(Path("models"), description="directory the trainer publishes into")
+    model_dir: Path = Field(
+        Path("models"),
+        description="directory the trainer publishes into; with model_topic set, the worker's"
+        " private cache of the topic's versions (writable, need not be shared)",
+    )
+    model_topic: str | None = Field(
+        None,
+        description="compacted model topic to follow; wins over model_dir's own versions. A topic"
+        " name (on bootstrap_servers) or kafka://HOST:PORT/TOPIC (other brokers); the security"
+        " settings apply to it either way",
+    )
     model_poll_interval_s: float = Field(
         5.0, gt=0, description="how often CURRENT is checked for a new version"
     )
@@ -111,6 +127,24 @@ class WorkerSettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @field_validator("model_topic")
+    @classmethod
+    def _check_model_topic(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # ANOMALY_MODEL_TOPIC="" switches the topic off
+        value = value.strip()
+        if value.startswith("kafka://"):
+            try:
+                parse_topic_url(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
+        elif not _TOPIC_NAME_RE.match(value):
+            raise ValueError(
+                f"invalid model topic {value!r}: a topic name (letters, digits, . _ -) or "
+                "kafka://HOST:PORT/TOPIC"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
         if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
@@ -123,7 +157,22 @@ class WorkerSettings(BaseSettings):
             raise ValueError(
                 "input_topic, output_topic and dlq_topic must be three different topics"
             )
+        location = self.model_topic_location
+        if location and location[1] in {self.input_topic, self.output_topic, self.dlq_topic}:
+            raise ValueError("model_topic must not be the input, output or dead-letter topic")
         return self
+
+    @property
+    def model_topic_location(self) -> tuple[str, str] | None:
+        """(bootstrap servers, topic) of the model topic, or None: models come from model_dir.
+
+        A bare topic name lives on ``bootstrap_servers``; a ``kafka://`` URL names its own.
+        """
+        if self.model_topic is None:
+            return None
+        if self.model_topic.startswith("kafka://"):
+            return parse_topic_url(self.model_topic)
+        return self.bootstrap_servers, self.model_topic
 
     @property
     def effective_transactional_id(self) -> str:
