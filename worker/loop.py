@@ -288,22 +288,41 @@ class Worker:
                 polled = {}
             revoked = self.tracker.take()
             if revoked:
-                # records fetched before this poll belong to the old assignment; this poll's
-                # records were fetched after it (from the committed offsets) and are kept
-                for tp in revoked:
-                    dropped = held.pop(tp, None)
-                    if dropped:
-                        count -= len(dropped)
-                        self.metrics.dropped_revoked.inc(len(dropped))
-                    self._positions.pop(tp, None)
-                if self.delivery is not None:
-                    self.delivery.forget(revoked)
+                count -= self._release(revoked, held, polled)
             for tp, recs in polled.items():
                 held.setdefault(tp, []).extend(recs)
                 count += len(recs)
             if count >= limit or time.monotonic() >= deadline or self._stop.is_set():
                 return held
             self.health.beat()
+
+    def _release(
+        self,
+        revoked: set[TopicPartition],
+        held: dict[TopicPartition, list[Any]],
+        polled: dict[TopicPartition, list[Any]],
+    ) -> int:
+        """Drop unprocessed records of revoked partitions; returns how many were held.
+
+        They are uncommitted, so whoever owns the partition next reads them again from the
+        committed offset. When that owner is this consumer (revoked and assigned back in one
+        rebalance), kafka-python keeps the old fetch position, past the dropped records: seek
+        back to the first of them, or they would be skipped and later covered by a commit.
+        """
+        assigned = self.consumer.assignment()
+        n_held = 0
+        for tp in revoked:
+            dropped = held.pop(tp, None) or []
+            n_held += len(dropped)
+            fresh = polled.pop(tp, None) or []
+            if dropped or fresh:
+                self.metrics.dropped_revoked.inc(len(dropped) + len(fresh))
+                if tp in assigned:
+                    self.consumer.seek(tp, min(r.offset for r in (*dropped, *fresh)))
+            self._positions.pop(tp, None)
+        if self.delivery is not None:
+            self.delivery.forget(revoked)
+        return n_held
 
     def _process(self, held: dict[TopicPartition, list[Any]]) -> None:
         t0 = time.perf_counter()
@@ -383,10 +402,9 @@ class Worker:
         revoked = self.tracker.take()
         if revoked & held.keys():
             log.warning("partitions revoked mid-batch; their records are left to the new owner")
-            for tp in revoked:
-                self._positions.pop(tp, None)
-            self.delivery.forget(revoked)  # type: ignore[union-attr]
-            kept = {tp: recs for tp, recs in held.items() if tp not in revoked}
+            held = dict(held)
+            self._release(revoked, held, {})
+            kept = held
             if kept:
                 self._process(kept)
             return
