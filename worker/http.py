@@ -85,6 +85,14 @@ class _Server(ThreadingHTTPServer):
     registry: CollectorRegistry
     health: HealthState
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A probe or scraper that gave up (timeout) closes its socket: not worth a traceback.
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
 
 class HttpEndpoints:
     """The running HTTP server; ``port`` is the bound port (useful with port 0)."""

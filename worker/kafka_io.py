@@ -158,6 +158,10 @@ def _backoff(attempt: int) -> float:
     return min(5.0, 0.1 * 2**attempt)
 
 
+# Seconds without any acknowledgement after which /readyz reports the broker unreachable.
+UNACKED_NOT_READY_S = 3
+
+
 class AtLeastOnceDelivery:
     """Send, wait for every acknowledgement (retrying failed sends), then commit offsets."""
 
@@ -190,12 +194,17 @@ class AtLeastOnceDelivery:
         return futures
 
     def _flush(self) -> None:
+        waited = 0
         while True:
             try:
                 self.producer.flush(timeout=1.0)
                 return
             except kerr.KafkaTimeoutError:
+                waited += 1
                 self.health.beat()  # still working: acknowledgements are slow, not stuck
+                if waited >= UNACKED_NOT_READY_S:
+                    # no acknowledgement for seconds: the broker is away, say so on /readyz
+                    self.health.broker_reachable = False
                 if self.should_stop():
                     raise WorkerStopped() from None
 
