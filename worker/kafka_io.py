@@ -160,6 +160,7 @@ def _backoff(attempt: int) -> float:
 
 # Seconds without any acknowledgement after which /readyz reports the broker unreachable.
 UNACKED_NOT_READY_S = 3
+COMMIT_TIMEOUT_MS = 3000
 
 
 class AtLeastOnceDelivery:
@@ -243,7 +244,10 @@ class AtLeastOnceDelivery:
         attempt = 0
         while True:
             try:
-                self.consumer.commit(offsets)
+                # bounded: kafka-python retries a commit forever without a timeout, and a
+                # worker stuck there during a broker outage would neither beat nor say so
+                self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+                self.health.broker_reachable = True
                 return True
             except (
                 kerr.CommitFailedError,
