@@ -236,6 +236,11 @@ class DenseEngine:
 
     def _run(self, h: np.ndarray, layers: range) -> np.ndarray:
         h = np.asarray(h, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._layers(h, layers)
+
+    def _layers(self, h: np.ndarray, layers: range) -> np.ndarray:
+        # Extreme inputs may overflow float32: the caller turns non-finite scores into dead letters.
         for i in layers:
             h = h @ self.kernels[i]
             h += self.biases[i]
@@ -524,6 +529,8 @@ def load_version_dir(path: str | os.PathLike[str], *, prefer_keras: bool = False
         )
     engine = None
     if (path / DENSE_WEIGHTS_FILE).is_file() and not prefer_keras:
+        _check_zip(path / DENSE_WEIGHTS_FILE)
+        _check_zip(path / MODEL_FILE)
         try:
             engine = DenseEngine.load(path / DENSE_WEIGHTS_FILE)
         except (OSError, ValueError, KeyError) as exc:
@@ -533,8 +540,6 @@ def load_version_dir(path: str | os.PathLike[str], *, prefer_keras: bool = False
             raise ArtifactError(
                 f"{path}: dense weights map {dims}, manifest has {manifest.n_features}"
             )
-        _check_zip(path / MODEL_FILE)
-        _check_zip(path / DENSE_WEIGHTS_FILE)
         return ModelBundle(manifest=manifest, scaler=scaler, path=path, engine=engine)
     model = _load_keras_model(path, manifest)
     return ModelBundle(manifest=manifest, scaler=scaler, path=path, _model=model)

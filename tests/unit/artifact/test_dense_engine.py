@@ -1,0 +1,102 @@
+"""The NumPy inference path for dense models: same scores as Keras, no TensorFlow import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from trainer import artifact  # noqa: E402
+from trainer.errors import ArtifactError  # noqa: E402
+from trainer.fit import FitOptions, fit_model, publish_model  # noqa: E402
+
+
+def _rows(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(7).normal(size=(3, d))
+    return rng.normal(size=(n, 3)) @ basis + 0.05 * rng.normal(size=(n, d))
+
+
+def _publish(tmp_path: Path, **options) -> Path:
+    x = _rows(300)
+    trained = fit_model(
+        x, [f"f{i}" for i in range(x.shape[1])], None,
+        FitOptions(epochs=3, seed=0, **options), source="test", quiet=True,
+    )  # fmt: skip
+    model_dir = tmp_path / "models"
+    publish_model(trained, model_dir)
+    return model_dir
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_numpy_scores_equal_keras_scores(tmp_path: Path, activation: str) -> None:
+    model_dir = _publish(tmp_path, activation=activation, denoise=0.1)
+    fast = artifact.load_bundle(model_dir)
+    assert fast.inference == "numpy"
+    slow = artifact.load_version_dir(fast.path, prefer_keras=True)
+    assert slow.inference == "tensorflow"
+    x = _rows(500, seed=3) * 3  # includes rows far from the training data
+    a, b = fast.score(x), slow.score(x)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(a.feature_errors, b.feature_errors, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(fast.encode(x[:20]), slow.encode(x[:20]), rtol=1e-4, atol=1e-5)
+    codes = fast.encode(x[:20])
+    np.testing.assert_allclose(fast.decode(codes), slow.decode(codes), rtol=1e-4, atol=1e-5)
+
+
+def test_bce_sigmoid_output_matches(tmp_path: Path) -> None:
+    model_dir = _publish(tmp_path, loss="bce")
+    fast = artifact.load_bundle(model_dir)
+    slow = artifact.load_version_dir(fast.path, prefer_keras=True)
+    x = _rows(200, seed=5)
+    np.testing.assert_allclose(fast.score(x).scores, slow.score(x).scores, rtol=1e-5)
+
+
+def test_conv_models_score_with_tensorflow(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((120, 64))
+    trained = fit_model(
+        x, [f"p{i}" for i in range(64)], None,
+        FitOptions(architecture="conv", image_shape=(8, 8), epochs=2, seed=0),
+        source="test", quiet=True,
+    )  # fmt: skip
+    publish_model(trained, tmp_path / "conv")
+    bundle = artifact.load_bundle(tmp_path / "conv")
+    assert bundle.inference == "tensorflow"
+    assert not (bundle.path / artifact.DENSE_WEIGHTS_FILE).exists()
+    assert np.isfinite(bundle.score(x[:10]).scores).all()
+
+
+def test_corrupt_files_are_refused_without_keras(tmp_path: Path) -> None:
+    model_dir = _publish(tmp_path)
+    path = artifact.load_bundle(model_dir).path
+    original = (path / artifact.MODEL_FILE).read_bytes()
+    (path / artifact.MODEL_FILE).write_bytes(original[: len(original) // 2])
+    with pytest.raises(ArtifactError, match="model.keras"):
+        artifact.load_bundle(model_dir)
+    (path / artifact.MODEL_FILE).write_bytes(original)
+    weights = path / artifact.DENSE_WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError):
+        artifact.load_bundle(model_dir)
+
+
+def test_loading_and_scoring_a_dense_model_never_imports_tensorflow(tmp_path: Path) -> None:
+    model_dir = _publish(tmp_path)
+    code = (
+        "import sys, numpy as np\n"
+        "from trainer.artifact import load_bundle\n"
+        f"b = load_bundle({str(model_dir)!r})\n"
+        "b.warm_up(); print(b.score(np.zeros((3, 8))).scores.shape)\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(3,)"
