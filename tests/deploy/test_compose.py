@@ -55,11 +55,20 @@ def test_workers_start_after_topics_and_model_and_scale(compose: dict[str, Any])
     assert worker["read_only"] is True and "/tmp" in worker["tmpfs"]
     env = worker["environment"]
     assert env["ANOMALY_METRICS_PORT"] == "8000"
-    # The trainer and the workers share the model volume; the workers only read it.
-    assert "models:/models" in services["trainer"]["volumes"]
-    assert "models:/models:ro" in worker["volumes"]
-    assert services["trainer"]["command"][-1].startswith("test -f /models/CURRENT ||")
-    assert "anomaly-trainer fit" in services["trainer"]["command"][-1]
+    # Models travel through the model topic: only the trainer has a model volume; each worker
+    # follows the topic and caches it on its own writable tmpfs.
+    trainer = services["trainer"]
+    assert "models:/models" in trainer["volumes"]
+    assert "volumes" not in worker, "worker replicas need no shared volume"
+    assert env["ANOMALY_MODEL_TOPIC"] == trainer["environment"]["MODEL_TOPIC"]
+    assert env["ANOMALY_MODEL_DIR"].startswith("/tmp/")
+    assert trainer["command"][-1].startswith("test -f /models/CURRENT ||")
+    assert "anomaly-trainer fit" in trainer["command"][-1]
+    assert "--publish-topic" in trainer["command"][-1]
+    assert trainer["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    init_env = services["kafka-init"]["environment"]
+    assert init_env["MODEL_TOPIC"] == env["ANOMALY_MODEL_TOPIC"]
+    assert "cleanup.policy=compact" in services["kafka-init"]["command"][-1]
     assert services["producer"]["command"][:3] == ["python", "-m", "scripts.demo_producer"]
     # The topic job makes as many input partitions as the worker replicas can usefully use.
     init = services["kafka-init"]

@@ -15,7 +15,6 @@ from deploy_helpers import rule_groups
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject",
                 "TriggerAuthentication"}  # fmt: skip
-WORKER_SETTINGS_EXTRA = {"ANOMALY_MODEL_TOPIC"}  # later setting (issue 6), not yet in the worker
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -88,9 +87,13 @@ def test_worker_deployment_is_production_shaped(rendered: list[dict[str, Any]]) 
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]], "writable /tmp on a read-only root"
-    assert mounts["/models"]["readOnly"] is True
-    claim = volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]["claimName"]
-    one(rendered, "PersistentVolumeClaim", claim)
+    # Models come from the model topic: the model directory is a private, writable cache.
+    config_name = container["envFrom"][0]["configMapRef"]["name"]
+    config = one(rendered, "ConfigMap", config_name)["data"]
+    assert config["ANOMALY_MODEL_TOPIC"]
+    cache = mounts[config["ANOMALY_MODEL_DIR"]]
+    assert "emptyDir" in volumes[cache["name"]] and not cache.get("readOnly")
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v], "no shared volume"
     assert pod["terminationGracePeriodSeconds"] > 10, "the worker drains within 10 s"
 
 
@@ -113,7 +116,6 @@ def test_worker_configmap_holds_only_real_settings(rendered: list[dict[str, Any]
     from worker.settings import WorkerSettings
 
     known = {f"ANOMALY_{name.upper()}" for name in WorkerSettings.model_fields}
-    known |= WORKER_SETTINGS_EXTRA
     deployment = one(rendered, "Deployment", "anomaly-worker")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     config_name = container["envFrom"][0]["configMapRef"]["name"]
@@ -144,6 +146,8 @@ def test_service_pdb_and_trainer_select_the_right_pods(rendered: list[dict[str, 
         assert "anomaly-trainer" in " ".join(container["command"] + container.get("args", []))
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/models", "/tmp"}
+        command = " ".join(container["command"] + container.get("args", []))
+        assert "--publish-topic" in command and "MODEL_TOPIC_URL" in command
         # Trainer pods are neither worker replicas nor disrupted by the worker's budget.
         assert not matches(worker_selector, template["metadata"]["labels"])
         assert not matches(pdb["spec"]["selector"]["matchLabels"], template["metadata"]["labels"])
@@ -206,3 +210,17 @@ def test_overlay_custom_resources_hold_together(k8s_overlay: list[dict[str, Any]
 def test_base_needs_no_custom_resource_definitions(k8s_base: list[dict[str, Any]]) -> None:
     assert not [d["kind"] for d in k8s_base if d["kind"] in CUSTOM_KINDS]
     assert yaml.safe_dump(k8s_base)  # renders to plain YAML
+
+
+def test_trainer_publishes_to_the_topic_the_workers_follow(rendered: list[dict[str, Any]]) -> None:
+    from trainer.model_topic import parse_topic_url
+
+    deployment = one(rendered, "Deployment", "anomaly-worker")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    worker = one(rendered, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
+    job = one(rendered, "Job")
+    (trainer,) = job["spec"]["template"]["spec"]["containers"]
+    config = one(rendered, "ConfigMap", trainer["envFrom"][0]["configMapRef"]["name"])["data"]
+    bootstrap, topic = parse_topic_url(config["MODEL_TOPIC_URL"])
+    assert topic == worker["ANOMALY_MODEL_TOPIC"]
+    assert bootstrap == worker["ANOMALY_BOOTSTRAP_SERVERS"]

@@ -45,11 +45,14 @@ N_FEATURES = 6
 
 @pytest.fixture(scope="module")
 def trainer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trainer's model directory with v1 and v2: same schema, thresholds that flag every row."""
+    """A trainer's model directory: v1 and v2 have the same schema and thresholds that flag every
+    row; v3 reads 4 features instead of 6."""
     tm: TrainedModel = train_model(n_features=N_FEATURES, seed=0, epochs=2)
     path = tmp_path_factory.mktemp("trainer") / "models"
     assert publish(path, tm, threshold=1e-9) == "v1"
     assert publish(path, tm, threshold=2e-9, make_current=False) == "v2"
+    other = train_model(n_features=4, seed=1, epochs=1)
+    assert publish(path, other, make_current=False) == "v3"
     return path
 
 
@@ -186,7 +189,8 @@ def test_new_version_under_load_swaps_once_between_batches(
     loader = threading.Thread(target=load, daemon=True)
     loader.start()
     try:
-        wait_for(lambda: worker.records_total() >= 500, "load before the swap", worker)
+        # 60 s: a consumer-group rejoin the worker retries after 30 s must not fail this test
+        wait_for(lambda: worker.records_total() >= 500, "load before the swap", worker, 60)
         publish_to_topic(kafka_bootstrap, model_topic, trainer_dir / VERSIONS_DIR / "v2")
         wait_for(
             lambda: worker.metric("anomaly_worker_model_info", version="v2") == 1, "v2", worker
@@ -219,7 +223,7 @@ def test_new_version_under_load_swaps_once_between_batches(
     assert worker.terminate()[0] == 0
 
 
-def test_corrupt_chunk_is_refused_and_the_worker_keeps_its_model(
+def test_corrupt_chunk_and_other_schema_are_refused_and_the_worker_keeps_its_model(
     kafka_bootstrap: str, topics: Topics, trainer_dir: Path, start_worker, tmp_path: Path
 ) -> None:
     model_topic = unique_name("models")
@@ -262,14 +266,23 @@ def test_corrupt_chunk_is_refused_and_the_worker_keeps_its_model(
     )
     assert "chunk 1 fails its checksum" in worker.log_text()
     assert worker.metric("anomaly_worker_model_info", version="v1") == 1
+    # A sound version that reads other features is refused too, before it is downloaded.
+    publish_to_topic(kafka_bootstrap, model_topic, trainer_dir / VERSIONS_DIR / "v3")
+    wait_for(
+        lambda: worker.metric("anomaly_worker_model_reloads_total", result="refused") == 2,
+        "the schema refusal",
+        worker,
+    )
+    assert "v3 expects 4 features, v1 6" in worker.log_text()
     more = send_rows(kafka_bootstrap, topics.input, 200, seed=52)
     worker.wait_records(400)
     scored = versions_by_source(kafka_bootstrap, topics, expected=400)
     assert scored == {p: ["v1"] for p in placed + more}
     assert requests.get(worker.url("/readyz"), timeout=5).status_code == 200
-    assert worker.metric("anomaly_worker_model_reloads_total", result="refused") == 1
+    assert worker.metric("anomaly_worker_model_reloads_total", result="refused") == 2
     assert worker.metric("anomaly_worker_model_reloads_total", result="success") == 1
     assert not (tmp_path / "cache" / VERSIONS_DIR / "v2").exists()
+    assert not (tmp_path / "cache" / VERSIONS_DIR / "v3").exists()
     assert worker.terminate()[0] == 0
 
 
