@@ -76,6 +76,7 @@ class Worker:
         self._next_stats = 0.0
         self._unassigned_since = time.monotonic()
         self._rejoins_left = 3
+        self._had_partitions = False
         self.consumer: Any = None
         self.delivery: AtLeastOnceDelivery | TransactionalDelivery | None = None
 
@@ -203,12 +204,20 @@ class Worker:
         if n_assigned:
             self._unassigned_since = now
             self._rejoins_left = 0
+            self._had_partitions = True
             return
+        if self._had_partitions:
+            # Lost every partition: kafka-python 3.0 can end a rejoin without re-awaiting the
+            # SyncGroup (it then believes it is stable with nothing assigned); allow a few
+            # rejoins again, bounded so an idle extra replica does not cause rebalance storms.
+            self._had_partitions = False
+            self._rejoins_left = 3
+            self._unassigned_since = now
         if now - self._unassigned_since < max(30.0, 2 * self.s.session_timeout_ms / 1000):
             return
         self._unassigned_since = now
         state = getattr(self.consumer.group_metadata(), "state", None)
-        if state == MemberState.STABLE and self._rejoins_left <= 0:
+        if self._rejoins_left <= 0 and state == MemberState.STABLE:
             return
         self.consumer.topics()
         if self.consumer.partitions_for_topic(self.s.input_topic):

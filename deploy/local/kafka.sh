@@ -175,7 +175,7 @@ cmd_start() {
 
     if [ ! -f "$abs_data_dir/logs/meta.properties" ]; then
         local cluster_id
-        cluster_id=$("$PYTHON" -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+        cluster_id=$("$PYTHON" -c 'import base64,uuid; print("k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:])')
         log "formatting storage in $abs_data_dir/logs (cluster $cluster_id)"
         if ! "$JAVA" "${jvm_opts[@]}" -cp "$cp" kafka.tools.StorageTool format \
             -t "$cluster_id" -c "$abs_data_dir/server.properties" >"$abs_data_dir/format.out" 2>&1; then
