@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 # The kinds a record can be rejected for (the dead-letter "error class").
 EMPTY = "empty"
@@ -106,6 +107,7 @@ def _reject_constant(name: str) -> float:
 
 # Python's json accepts NaN/Infinity literals; the C scanner still runs with this hook.
 _loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+_fast_loads = orjson.loads
 
 
 def _type_name(v: Any) -> str:
@@ -179,6 +181,22 @@ def _by_name(obj: dict[str, Any], spec: FeatureSpec, where: str) -> list[Any] | 
     return values
 
 
+def _parse_slowly(value: bytes) -> Any:
+    """The standard library's parse, classifying why a value is not a JSON document."""
+    try:
+        text = value.decode("utf-8") if type(value) is bytes else bytes(value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return DecodeError(NOT_UTF8, f"record value is not UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        return _loads(text)
+    except _NonFiniteConstant as exc:
+        return DecodeError(NON_FINITE, f"{exc} is not a finite number")
+    except json.JSONDecodeError as exc:
+        return DecodeError(NOT_JSON, f"not JSON: {exc}")
+    except RecursionError:
+        return DecodeError(TOO_DEEP, "JSON nested too deeply")
+
+
 def decode_record(value: bytes | None, spec: FeatureSpec) -> tuple[Any, list[Any]] | DecodeError:
     """Decode one record value into ``(id, values)`` with values checked to be numbers.
 
@@ -192,17 +210,15 @@ def decode_record(value: bytes | None, spec: FeatureSpec) -> tuple[Any, list[Any
             TOO_LARGE, f"record value is {len(value)} bytes, limit {spec.max_record_bytes}"
         )
     try:
-        text = value.decode("utf-8") if type(value) is bytes else bytes(value).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return DecodeError(NOT_UTF8, f"record value is not UTF-8: {exc.reason} at byte {exc.start}")
-    try:
-        obj = _loads(text)
-    except _NonFiniteConstant as exc:
-        return DecodeError(NON_FINITE, f"{exc} is not a finite number")
-    except json.JSONDecodeError as exc:
-        return DecodeError(NOT_JSON, f"not JSON: {exc}")
-    except RecursionError:
-        return DecodeError(TOO_DEEP, "JSON nested too deeply")
+        # orjson parses bytes directly, ~3x faster than json; it refuses NaN/Infinity literals
+        # and invalid UTF-8 itself. Whatever it refuses is parsed again by the standard library
+        # only to name the reason precisely (bad records are rare; the fast path is the rule).
+        obj = _fast_loads(value)
+    except ValueError:
+        parsed = _parse_slowly(value)
+        if type(parsed) is DecodeError:
+            return parsed
+        obj = parsed
     if type(obj) is not dict:
         return DecodeError(WRONG_SHAPE, f"expected a JSON object, got {_type_name(obj)}")
 
