@@ -14,6 +14,7 @@ the broker. Exit code 0 when the worker accounted for every record it was sent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -61,10 +62,8 @@ def _metrics(port: int) -> dict[str, float]:
     for line in text.splitlines():
         if line.startswith("anomaly_worker_") and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
-            try:
+            with contextlib.suppress(ValueError):
                 out[name] = float(value)
-            except ValueError:
-                pass
     return out
 
 
@@ -84,8 +83,13 @@ class EventCollector(threading.Thread):
 
     def run(self) -> None:
         consumer = KafkaConsumer(
-            OUTPUT, DLQ, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None, consumer_timeout_ms=500,
+            OUTPUT,
+            DLQ,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=500,
         )
         while not self.stop.is_set():
             for tp, records in consumer.poll(timeout_ms=500).items():
@@ -144,8 +148,15 @@ def main() -> int:
     try:
         model_dir, report_dir = workdir / "models", workdir / "report"
         _say("training on builtin:sensors")
-        fit = [str(BIN / "anomaly-trainer"), "fit", "builtin:sensors", "--model-dir", str(model_dir),
-               "--report", str(report_dir)]
+        fit = [
+            str(BIN / "anomaly-trainer"),
+            "fit",
+            "builtin:sensors",
+            "--model-dir",
+            str(model_dir),
+            "--report",
+            str(report_dir),
+        ]
         if args.epochs:
             fit += ["--epochs", str(args.epochs)]
         subprocess.run(fit, check=True)
@@ -157,10 +168,14 @@ def main() -> int:
 
         wenv = {
             **os.environ,
-            "ANOMALY_BOOTSTRAP_SERVERS": bootstrap, "ANOMALY_INPUT_TOPIC": INPUT,
-            "ANOMALY_OUTPUT_TOPIC": OUTPUT, "ANOMALY_DLQ_TOPIC": DLQ,
-            "ANOMALY_GROUP_ID": "demo-worker", "ANOMALY_MODEL_DIR": str(model_dir),
-            "ANOMALY_METRICS_PORT": str(metrics_port), "ANOMALY_LOG_FORMAT": "json",
+            "ANOMALY_BOOTSTRAP_SERVERS": bootstrap,
+            "ANOMALY_INPUT_TOPIC": INPUT,
+            "ANOMALY_OUTPUT_TOPIC": OUTPUT,
+            "ANOMALY_DLQ_TOPIC": DLQ,
+            "ANOMALY_GROUP_ID": "demo-worker",
+            "ANOMALY_MODEL_DIR": str(model_dir),
+            "ANOMALY_METRICS_PORT": str(metrics_port),
+            "ANOMALY_LOG_FORMAT": "json",
         }
         log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - closed with the worker
         worker = subprocess.Popen([str(BIN / "anomaly-worker")], env=wenv, stdout=log, stderr=log)
@@ -169,9 +184,15 @@ def main() -> int:
 
         stats = ProducerStats()
         producer = threading.Thread(
-            target=stream_readings, daemon=True,
-            kwargs={"bootstrap": bootstrap, "topic": INPUT, "rate": args.rate, "stop": stop,
-                    "stats": stats},
+            target=stream_readings,
+            daemon=True,
+            kwargs={
+                "bootstrap": bootstrap,
+                "topic": INPUT,
+                "rate": args.rate,
+                "stop": stop,
+                "stats": stats,
+            },
         )
         producer.start()
         collector = EventCollector(bootstrap)

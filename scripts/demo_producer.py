@@ -58,11 +58,15 @@ def stream_readings(
     try:
         while not stop.is_set() and (limit is None or index < limit):
             n = chunk if limit is None else min(chunk, limit - index)
-            for rec in make_sensor_records(n, anomaly_rate=anomaly_rate, seed=seed, start_index=index):
+            for rec in make_sensor_records(
+                n, anomaly_rate=anomaly_rate, seed=seed, start_index=index
+            ):
                 index += 1
                 key = rec["id"].encode()
                 if index % POISON_EVERY == 0:
-                    producer.send(topic, key=key, value=POISON[(index // POISON_EVERY) % len(POISON)])
+                    producer.send(
+                        topic, key=key, value=POISON[(index // POISON_EVERY) % len(POISON)]
+                    )
                     with stats.lock:
                         stats.poison += 1
                     continue
@@ -88,7 +92,9 @@ def stream_readings(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bootstrap", default=os.environ.get("ANOMALY_BOOTSTRAP_SERVERS", "localhost:9092"))
+    p.add_argument(
+        "--bootstrap", default=os.environ.get("ANOMALY_BOOTSTRAP_SERVERS", "localhost:9092")
+    )
     p.add_argument("--topic", default=os.environ.get("ANOMALY_INPUT_TOPIC", "sensor-readings"))
     p.add_argument("--rate", type=float, default=float(os.environ.get("DEMO_RATE", "200")))
     p.add_argument("--anomaly-rate", type=float, default=0.03)
@@ -98,12 +104,19 @@ def main() -> None:
     stop = threading.Event()
     try:
         stream_readings(
-            args.bootstrap, args.topic, rate=args.rate, stop=stop, stats=stats,
-            anomaly_rate=args.anomaly_rate, limit=args.limit,
+            args.bootstrap,
+            args.topic,
+            rate=args.rate,
+            stop=stop,
+            stats=stats,
+            anomaly_rate=args.anomaly_rate,
+            limit=args.limit,
         )
     except KeyboardInterrupt:
         stop.set()
-    print(f"sent {stats.sent} readings ({stats.injected} injected anomalies), {stats.poison} malformed")
+    print(
+        f"sent {stats.sent} readings ({stats.injected} injected anomalies), {stats.poison} malformed"
+    )
 
 
 if __name__ == "__main__":

@@ -283,19 +283,20 @@ def decode_batch(values: Sequence[bytes | None], spec: FeatureSpec) -> DecodedBa
     x = np.array(rows, dtype=np.float64)
     bad = ~(np.abs(x) <= spec.max_abs_value).all(axis=1)  # also catches inf
     if bad.any():
-        keep = ~bad
+        keep = [not b for b in bad.tolist()]
         for j in np.flatnonzero(bad):
             row = x[j]
             col = int(np.flatnonzero(~(np.abs(row) <= spec.max_abs_value))[0])
-            v = float(row[col])
-            if math.isfinite(v):
+            bad_value = float(row[col])
+            if math.isfinite(bad_value):
                 err = DecodeError(
-                    OUT_OF_RANGE, f"{_name(spec, col)} = {v:g} exceeds ±{spec.max_abs_value:g}"
+                    OUT_OF_RANGE,
+                    f"{_name(spec, col)} = {bad_value:g} exceeds ±{spec.max_abs_value:g}",
                 )
             else:
                 err = DecodeError(NON_FINITE, f"{_name(spec, col)} is not a finite number")
             errors.append((index[j], err))
-        x = x[keep]
+        x = x[~bad]
         index = [p for p, k in zip(index, keep, strict=True) if k]
         ids = [r for r, k in zip(ids, keep, strict=True) if k]
         errors.sort(key=lambda e: e[0])
