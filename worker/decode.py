@@ -281,7 +281,7 @@ def decode_batch(values: Sequence[bytes | None], spec: FeatureSpec) -> DecodedBa
     if not rows:
         return DecodedBatch(np.zeros((0, n)), [], [], errors)
     x = np.array(rows, dtype=np.float64)
-    bad: np.ndarray = ~(np.abs(x) <= spec.max_abs_value).all(axis=1)  # also catches inf
+    bad = np.asarray(~(np.abs(x) <= spec.max_abs_value).all(axis=1))  # also catches inf
     if bad.any():
         keep = [not b for b in bad.tolist()]
         for j in np.flatnonzero(bad):
