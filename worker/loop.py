@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+# poll timeout while no partition is assigned (rebalance in progress or idle)
+REBALANCE_POLL_MS = 1000
+# with no partition for this long although the topic has some, rejoin (a bounded number of times)
+UNASSIGNED_REJOIN_S = 10.0
 
 
 class Worker:
@@ -213,7 +217,9 @@ class Worker:
             self._had_partitions = False
             self._rejoins_left = 3
             self._unassigned_since = now
-        if now - self._unassigned_since < max(30.0, 2 * self.s.session_timeout_ms / 1000):
+        if now - self._unassigned_since < max(
+            UNASSIGNED_REJOIN_S, self.s.session_timeout_ms / 1000
+        ):
             return
         self._unassigned_since = now
         state = getattr(self.consumer.group_metadata(), "state", None)
@@ -288,6 +294,11 @@ class Worker:
         deadline = time.monotonic() + self.s.batch_max_wait_ms / 1000.0
         while True:
             timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self.consumer.assignment():
+                # Nothing to fetch: let poll run long enough to finish a JoinGroup/SyncGroup
+                # round. With very short polls kafka-python 3.0 can give up on an in-flight
+                # SyncGroup and then believe it is stable with no partitions.
+                timeout_ms = max(timeout_ms, REBALANCE_POLL_MS)
             try:
                 polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit - count)
             except kerr.KafkaError as exc:
