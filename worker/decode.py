@@ -13,6 +13,7 @@ features are ignored; missing features, wrong lengths and non-numbers are errors
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -197,7 +198,9 @@ def _parse_slowly(value: bytes) -> Any:
         return DecodeError(TOO_DEEP, "JSON nested too deeply")
 
 
-def decode_record(value: bytes | None, spec: FeatureSpec) -> tuple[Any, list[Any]] | DecodeError:
+def decode_record(
+    value: bytes | None, spec: FeatureSpec, *, check_values: bool = True
+) -> tuple[Any, list[Any]] | DecodeError:
     """Decode one record value into ``(id, values)`` with values checked to be numbers.
 
     Non-finite floats (from literals like ``1e999``) and magnitudes are checked per batch in
@@ -257,9 +260,10 @@ def decode_record(value: bytes | None, spec: FeatureSpec) -> tuple[Any, list[Any
         )
     if isinstance(values, DecodeError):
         return values
-    err = _check_values(values, spec)
-    if err is not None:
-        return err
+    if check_values:
+        err = _check_values(values, spec)
+        if err is not None:
+            return err
     return rid, values
 
 
@@ -270,13 +274,24 @@ def decode_batch(values: Sequence[bytes | None], spec: FeatureSpec) -> DecodedBa
     index: list[int] = []
     errors: list[tuple[int, DecodeError]] = []
     for i, v in enumerate(values):
-        out = decode_record(v, spec)
+        out = decode_record(v, spec, check_values=False)
         if type(out) is tuple:
             ids.append(out[0])
             rows.append(out[1])
             index.append(i)
         else:
             errors.append((i, out))  # type: ignore[arg-type]
+    # The value types of the whole batch in one C-level pass; only a batch holding something
+    # other than floats is checked record by record.
+    if not set(map(type, itertools.chain.from_iterable(rows))) <= _FLOATS:
+        checked = [_check_values(r, spec) for r in rows]
+        if any(e is not None for e in checked):
+            keep_rows = [e is None for e in checked]
+            errors.extend((p, e) for p, e in zip(index, checked, strict=True) if e is not None)
+            errors.sort(key=lambda e: e[0])
+            rows = [r for r, k in zip(rows, keep_rows, strict=True) if k]
+            ids = [r for r, k in zip(ids, keep_rows, strict=True) if k]
+            index = [p for p, k in zip(index, keep_rows, strict=True) if k]
     n = spec.n_features
     if not rows:
         return DecodedBatch(np.zeros((0, n)), [], [], errors)
