@@ -90,6 +90,18 @@ def test_metrics_count_each_record_once_across_two_workers(
     b = workers.start()
     a.wait_ready()
     b.wait_ready()
+    # Both must hold partitions before the stream starts. kafka-python 3.0 can leave a member
+    # without partitions after a rebalance race; the worker rejoins after 10 s, so allow that.
+    deadline = time.monotonic() + 40
+    while not (
+        a.metric("anomaly_worker_partitions_assigned") > 0
+        and b.metric("anomaly_worker_partitions_assigned") > 0
+        and a.metric("anomaly_worker_partitions_assigned")
+        + b.metric("anomaly_worker_partitions_assigned")
+        == topics.partitions
+    ):
+        assert time.monotonic() < deadline, f"{a.log_text(3000)}\n---\n{b.log_text(3000)}"
+        time.sleep(0.2)
     stream = Stream(kafka_bootstrap, topics.input, x, chunk=200, pause_s=0.05)
     stream.join()
     wait_all_committed(kafka_bootstrap, topics, [a, b])
