@@ -517,9 +517,9 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 def cmd_versions(args: argparse.Namespace) -> int:
     if not Path(args.model_dir).is_dir():
         raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
-    infos = artifact.list_versions(args.model_dir)
     if args.publish_topic:
         return _topic_versions(args)
+    infos = artifact.list_versions(args.model_dir)
     if args.json:
         print(
             json.dumps(
