@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import FEATURES, QUICK, correlated_rows
 
 from trainer import artifact
 from trainer.errors import ConfigError, DataError
-from trainer.fit import FitOptions, default_batch_size, fit_model, split_normal_rows
+from trainer.fit import (
+    CROSS_FIT_FOLDS,
+    CROSS_FIT_MAX_ROWS,
+    FitOptions,
+    calibration_method,
+    cross_fit_folds,
+    default_batch_size,
+    fit_model,
+    reconstruction_errors,
+    split_normal_rows,
+)
 
 
 def test_split_is_disjoint_seeded_and_complete() -> None:
@@ -65,10 +77,14 @@ def test_scaler_fitted_on_train_rows_and_threshold_from_calibration(published) -
     expected = artifact.Scaler.fit(x_normal[tr], "standard")
     assert np.allclose(trained.scaler.offset, expected.offset)
     assert np.allclose(trained.scaler.scale, expected.scale)
-    # Threshold is the 99th percentile of the calibration errors.
+    # 300 normal rows are small data: the threshold is the 99th percentile of cross-fitted
+    # errors of all of them, and the stored distribution is theirs.
+    assert m.hyperparameters["calibration"] == "cross_fit"
+    assert m.hyperparameters["calibration_folds"] == CROSS_FIT_FOLDS
     assert m.threshold == pytest.approx(np.percentile(trained.calibration_errors, 99))
-    assert m.calibration.n == m.rows.calibration
-    assert sum(m.calibration.histogram_counts) == m.rows.calibration
+    assert m.calibration.n == 300 == trained.calibration_errors.size
+    assert sum(m.calibration.histogram_counts) == 300
+    assert any("cross-fitted" in note for note in m.notes)
     assert {"val_loss", "roc_auc", "pr_auc"} <= set(m.validation_metrics)
     assert m.validation_metrics["roc_auc"] > 0.8
 
@@ -77,7 +93,9 @@ def test_same_seed_same_threshold(tabular) -> None:  # type: ignore[no-untyped-d
     x, labels = tabular
     a = fit_model(x, FEATURES, labels, QUICK, quiet=True)
     b = fit_model(x, FEATURES, labels, QUICK, quiet=True)
+    assert a.manifest.hyperparameters["calibration"] == "cross_fit"
     assert abs(a.threshold - b.threshold) < 1e-6
+    assert np.allclose(a.calibration_errors, b.calibration_errors, atol=1e-7)
     assert np.allclose(a.heldout_errors, b.heldout_errors, atol=1e-7)
 
 
@@ -88,3 +106,45 @@ def test_progress_lines_and_quiet(capsys: pytest.CaptureFixture[str]) -> None:
     assert "epoch   1/2" in err and "val_loss" in err
     fit_model(x, FEATURES, None, FitOptions(epochs=2, patience=2), quiet=True)
     assert capsys.readouterr().err == ""
+
+
+def test_calibration_method_and_folds() -> None:
+    assert calibration_method("auto", CROSS_FIT_MAX_ROWS - 1) == "cross_fit"
+    assert calibration_method("auto", CROSS_FIT_MAX_ROWS) == "holdout"
+    assert calibration_method("holdout", 50) == "holdout"
+    assert calibration_method("cross_fit", 5000) == "cross_fit"
+    with pytest.raises(ConfigError, match="calibration"):
+        calibration_method("bootstrap", 50)
+    folds = cross_fit_folds(100, 3, seed=2)
+    assert sorted(np.bincount(folds)) == [33, 33, 34]
+    assert np.array_equal(folds, cross_fit_folds(100, 3, seed=2))
+    assert not np.array_equal(folds, cross_fit_folds(100, 3, seed=3))
+
+
+def test_cross_fitting_leaves_the_model_alone_and_holdout_is_the_old_rule() -> None:
+    """Cross-fitting only changes the threshold; ``holdout`` (large data) is the plain rule."""
+    x = correlated_rows(200, seed=4)
+    cross = fit_model(x, FEATURES, None, QUICK, quiet=True)
+    hold = fit_model(x, FEATURES, None, replace(QUICK, calibration="holdout"), quiet=True)
+    # Same final network either way: the published model does not depend on the method.
+    assert np.allclose(cross.heldout_errors, hold.heldout_errors, atol=1e-7)
+    m = hold.manifest
+    assert m.hyperparameters["calibration"] == "holdout"
+    assert "calibration_folds" not in m.hyperparameters
+    assert m.threshold == pytest.approx(np.percentile(hold.calibration_errors, 99))
+    assert m.calibration.n == m.rows.calibration == hold.calibration_errors.size
+    assert m.validation_metrics["holdout_threshold"] == pytest.approx(m.threshold)
+    assert cross.manifest.validation_metrics["holdout_threshold"] == pytest.approx(m.threshold)
+    assert cross.calibration_errors.size == 200
+    assert cross.threshold != pytest.approx(hold.threshold)
+
+
+@pytest.mark.parametrize("n_normal", [120, 400])
+def test_cross_fitted_threshold_is_exceeded_by_about_one_percent(n_normal: int) -> None:
+    """The documented meaning: ~1 % of unseen normal rows score above the p99 threshold."""
+    trained = fit_model(correlated_rows(n_normal, seed=5), FEATURES, None, QUICK, quiet=True)
+    assert trained.manifest.hyperparameters["calibration"] == "cross_fit"
+    unseen = trained.scaler.transform(correlated_rows(20_000, seed=6))
+    errors = reconstruction_errors(trained.model, unseen, trained.spec.input_shape)
+    rate = float(np.mean(errors > trained.threshold))
+    assert 0.002 <= rate <= 0.03, rate
