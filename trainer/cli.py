@@ -24,6 +24,7 @@ from trainer.kafka_connection import (
     read_secret_file,
 )
 from trainer.kafka_source import using_connection
+from trainer.report import calibration_basis
 
 PROG = "anomaly-trainer"
 EXIT_ERROR = 2
@@ -347,6 +348,14 @@ def _fit_training_options(p: argparse.ArgumentParser) -> None:
     ]
     for flag, kind, default, text in knobs:
         g.add_argument(flag, type=kind, default=default, help=text)
+    g.add_argument(
+        "--calibration",
+        choices=("auto", "holdout", "cross_fit"),
+        default="auto",
+        help="where the threshold's errors come from: the held-out calibration rows, or "
+        "out-of-fold errors of every normal row from 3 extra trainings (auto: cross-fit below "
+        "2,000 normal rows, where the held-out share is too small for a steady percentile)",
+    )
 
 
 def _fit_output_options(p: argparse.ArgumentParser) -> None:
@@ -423,6 +432,7 @@ def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
         validation_split=args.validation_split,
         calibration_split=args.calibration_split,
         percentile=args.percentile,
+        calibration=args.calibration,
         seed=args.seed,
     )
     x, labels, flagged = ds.x, ds.labels, None
@@ -457,7 +467,7 @@ def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     extra = "".join(f", {k} {vm[k]:.4f}" for k in ("roc_auc", "pr_auc") if k in vm)
     print(
         f"published {version} to {args.model_dir}: threshold {m.threshold:.6g} "
-        f"(p{m.percentile:g} of {m.rows.calibration} held-out rows), val_loss {vm['val_loss']:.5g}{extra}"
+        f"(p{m.percentile:g} of {calibration_basis(m)}), val_loss {vm['val_loss']:.5g}{extra}"
         + (f"; report in {args.report}" if args.report else "")
     )
     return 0

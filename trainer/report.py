@@ -252,6 +252,7 @@ def write_report(
         "denoise": manifest.denoise,
         "threshold": manifest.threshold,
         "percentile": manifest.percentile,
+        "calibration_basis": calibration_basis(manifest),
         "rows": manifest.rows.model_dump(),
         "validation_metrics": manifest.validation_metrics,
         "hyperparameters": manifest.hyperparameters,
@@ -267,6 +268,15 @@ def write_report(
     return written
 
 
+def calibration_basis(manifest: Any) -> str:
+    """What the threshold's percentile was taken over, in words."""
+    n = manifest.calibration.n
+    if manifest.hyperparameters.get("calibration") == "cross_fit":
+        folds = manifest.hyperparameters.get("calibration_folds", "?")
+        return f"{n} out-of-fold errors of normal rows ({folds}-fold cross-fitting)"
+    return f"{n} held-out normal rows"
+
+
 def _summary_md(s: dict[str, Any]) -> str:
     r = s["rows"]
     lines = [
@@ -275,7 +285,7 @@ def _summary_md(s: dict[str, Any]) -> str:
         f"- model: {s['architecture']} autoencoder, {s['features']} features -> latent {s['latent_dim']}, "
         f"loss {s['loss']}" + (f", denoising (noise {s['denoise']:g})" if s["denoise"] else ""),
         f"- threshold: {s['threshold']:.6g} (the {s['percentile']:g}th percentile of "
-        f"{r['calibration']} held-out normal rows)",
+        f"{s['calibration_basis']})",
         f"- rows: {r['total']} total, {r['train']} train, {r['validation']} validation, "
         f"{r['calibration']} calibration, {r['excluded_labelled']} labelled anomalies left out",
     ]
