@@ -59,10 +59,12 @@ class WorkerSettings(BaseSettings):
         description="exactly_once only; default '<group>-<hostname>' so that a restarted replica"
         " fences and aborts its predecessor's open transaction at once",
     )
-    commit_async: bool = Field(
-        False,
-        description="at_least_once: commit offsets without waiting (faster); a rebalance may then"
-        " re-deliver the last batch",
+    pipeline: bool = Field(
+        True,
+        description="at_least_once: send a batch's events and go on with the next batch while the"
+        " broker acknowledges them; offsets are still committed only after every acknowledgement,"
+        " and before partitions move in a rebalance. false = each batch waits for its"
+        " acknowledgements and a synchronous commit (slower)",
     )
     transaction_timeout_ms: int = Field(30000, ge=1000)
     session_timeout_ms: int = Field(10000, ge=1000)
