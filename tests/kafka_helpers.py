@@ -6,6 +6,7 @@ own data directory), so several can run at once. The client helpers use kafka-py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SH = Path(os.environ.get("KAFKA_SH", REPO_ROOT / "deploy" / "local" / "kafka.sh"))
 
 IsolationLevel = Literal["read_uncommitted", "read_committed"]
+_KEYSTORE_PASSWORD = "local-kafka-tls"  # a throw-away test keystore's
 
 
 class KafkaBrokerError(RuntimeError):
@@ -50,6 +52,12 @@ class LocalKafka:
 
     `restart()` keeps the data and the ports. Without `data_dir`, a temporary directory is made
     and removed by `close()`. Use as a context manager or call `start()` and `close()`.
+
+    With ``sasl_users`` ({user: password}) the broker also listens for SASL_PLAINTEXT on
+    `sasl_bootstrap` (PLAIN and SCRAM-SHA-256, both knowing these users); the PLAINTEXT
+    listener stays, for setting up topics. With ``tls`` too, it also listens for SASL_SSL on
+    `ssl_bootstrap`, with a self-signed certificate for 127.0.0.1 made by `keytool` at start
+    (`ca_file` is that certificate in PEM, the CA file for clients).
     """
 
     def __init__(
@@ -57,8 +65,15 @@ class LocalKafka:
         port: int | None = None,
         data_dir: str | Path | None = None,
         start_timeout_s: float = 60.0,
+        sasl_users: dict[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
         self.port = port or free_port()
+        self.sasl_users = dict(sasl_users or {})
+        self.sasl_port = free_port() if self.sasl_users else None
+        if tls and not self.sasl_users:
+            raise ValueError("tls=True needs sasl_users: the TLS listener is SASL_SSL")
+        self.ssl_port = free_port() if tls else None
         self._own_dir = data_dir is None
         self.data_dir = (
             Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="local-kafka-"))
@@ -68,6 +83,51 @@ class LocalKafka:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """`127.0.0.1:PORT` of the SASL_PLAINTEXT listener (only with ``sasl_users``)."""
+        if self.sasl_port is None:
+            raise KafkaBrokerError("this broker has no SASL listener: pass sasl_users")
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """`127.0.0.1:PORT` of the SASL_SSL listener (only with ``tls``)."""
+        if self.ssl_port is None:
+            raise KafkaBrokerError("this broker has no SASL_SSL listener: pass tls=True")
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def keystore(self) -> Path:
+        return self.data_dir / "tls" / "broker.p12"
+
+    @property
+    def ca_file(self) -> Path:
+        """The broker's self-signed certificate (PEM): the CA file for TLS clients."""
+        return self.data_dir / "tls" / "ca.pem"
+
+    def _make_keystore(self) -> None:
+        """A self-signed key pair for 127.0.0.1/localhost, valid 7 days, once per data dir."""
+        if self.keystore.is_file() and self.ca_file.is_file():
+            return
+        java_home = os.environ.get("JAVA_HOME")
+        keytool = str(Path(java_home) / "bin" / "keytool") if java_home else "keytool"
+        self.keystore.parent.mkdir(parents=True, exist_ok=True)
+        self.keystore.unlink(missing_ok=True)
+        common = ["-alias", "broker", "-keystore", str(self.keystore)]
+        common += ["-storepass", _KEYSTORE_PASSWORD]
+        for args in (
+            ["-genkeypair", "-keyalg", "RSA", "-keysize", "2048", "-storetype", "PKCS12"]
+            + ["-keypass", _KEYSTORE_PASSWORD, "-dname", "CN=localhost", "-validity", "7"]
+            + ["-ext", "SAN=ip:127.0.0.1,dns:localhost"],
+            ["-exportcert", "-rfc", "-file", str(self.ca_file)],
+        ):
+            proc = subprocess.run(
+                [keytool, *args, *common], capture_output=True, text=True, timeout=120
+            )
+            if proc.returncode != 0:
+                raise KafkaBrokerError(f"keytool {args[0]} failed:\n{proc.stdout}{proc.stderr}")
 
     @property
     def log_file(self) -> Path:
@@ -86,6 +146,12 @@ class LocalKafka:
             KAFKA_PORT=str(self.port),
             KAFKA_DATA_DIR=str(self.data_dir),
             KAFKA_START_TIMEOUT=str(int(self.start_timeout_s)),
+            # set even when empty: a developer's own KAFKA_SASL_* must not leak into a broker
+            KAFKA_SASL_PORT=str(self.sasl_port or ""),
+            KAFKA_SASL_USERS=",".join(f"{u}:{pw}" for u, pw in self.sasl_users.items()),
+            KAFKA_SSL_PORT=str(self.ssl_port or ""),
+            KAFKA_SSL_KEYSTORE=str(self.keystore) if self.ssl_port else "",
+            KAFKA_SSL_KEYSTORE_PASSWORD=_KEYSTORE_PASSWORD if self.ssl_port else "",
         )
         proc = subprocess.run(
             ["bash", str(KAFKA_SH), command],
@@ -103,6 +169,8 @@ class LocalKafka:
 
     def start(self) -> LocalKafka:
         """Start the broker (fetching jars if needed) and return once it answers."""
+        if self.ssl_port is not None:
+            self._make_keystore()
         self._run("start")
         return self
 
@@ -144,6 +212,18 @@ class LocalKafka:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def running_broker(**kwargs: Any) -> Iterator[LocalKafka]:
+    """A started `LocalKafka(**kwargs)`, closed afterwards, and also when it fails to start
+    (the error, with the broker's log, propagates: a test needing it fails, never skips)."""
+    broker = LocalKafka(**kwargs)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.close()
 
 
 def create_topic(

@@ -1,6 +1,7 @@
 """``anomaly-trainer``: argument parsing and wiring of the trainer's commands.
 
 Every `TrainerError` ends as one line on stderr and exit code 2; nothing is published then.
+The Kafka security settings are built once in `main` and handed to every command.
 """
 
 from __future__ import annotations
@@ -9,12 +10,20 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from trainer import artifact
 from trainer.errors import ConfigError, DataError, TrainerError
+from trainer.kafka_connection import (
+    KafkaConnection,
+    SaslMechanism,
+    SecurityProtocol,
+    load_connection,
+    read_secret_file,
+)
+from trainer.kafka_source import using_connection
 
 PROG = "anomaly-trainer"
 EXIT_ERROR = 2
@@ -48,6 +57,38 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+# --------------------------------------------------------------------------------------------
+# Option groups shared by the commands
+# --------------------------------------------------------------------------------------------
+def _command(
+    sub: Any, name: str, help: str, func: Callable[[argparse.Namespace, KafkaConnection], int]
+) -> argparse.ArgumentParser:
+    """A subcommand running ``func`` (with the Kafka connection `main` builds)."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    p.set_defaults(func=func)
+    return p
+
+
+def _model_command(
+    sub: Any,
+    name: str,
+    help: str,
+    func: Callable[[argparse.Namespace, KafkaConnection], int],
+    *,
+    data_metavar: str = "DATA",
+    data_help: str | None = None,
+    data_options: bool = True,
+) -> argparse.ArgumentParser:
+    """A command applying a published version to DATA: DATA, --model-dir, --version."""
+    p = _command(sub, name, help, func)
+    p.add_argument("data", metavar=data_metavar, help=data_help)
+    _model_dir(p)
+    if data_options:
+        _data_options(p)
+    _version(p)
+    return p
+
+
 def _data_options(p: argparse.ArgumentParser, *, image: bool = False) -> None:
     p.add_argument(
         "--label-column", help="column holding labels (0 = normal); other values are anomalies"
@@ -67,6 +108,102 @@ def _version(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", help="use this version instead of the current one (e.g. v3)")
 
 
+def _table_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", type=Path, required=True, help=".npy, .npz, .csv or .jsonl")
+
+
+def _json_flag(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
+
+def _publish_topic(
+    p: argparse.ArgumentParser,
+    text: str = "also publish the new version to this compacted model topic (workers with"
+    " ANOMALY_MODEL_TOPIC pick it up)",
+    *,
+    required: bool = False,
+) -> None:
+    p.add_argument(
+        "--publish-topic", required=required, metavar="kafka://HOST:PORT/TOPIC", help=text
+    )
+
+
+def _kafka_options(p: argparse.ArgumentParser) -> None:
+    """Security for kafka:// DATA and model topics; flags win over ANOMALY_* variables.
+
+    Passwords only come from files or the environment: a flag value would show in `ps`.
+    """
+    g = p.add_argument_group(
+        "Kafka security",
+        "for kafka:// data and model topics; unset flags come from the worker's ANOMALY_*"
+        " variables (ANOMALY_SECURITY_PROTOCOL, ANOMALY_SASL_USERNAME, ...), else PLAINTEXT",
+    )
+    g.add_argument("--security-protocol", choices=get_args(SecurityProtocol))
+    g.add_argument("--sasl-mechanism", choices=get_args(SaslMechanism))
+    g.add_argument("--sasl-username", metavar="USER")
+    g.add_argument(
+        "--sasl-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the SASL password (or set ANOMALY_SASL_PASSWORD)",
+    )
+    g.add_argument("--ssl-cafile", type=Path, metavar="FILE", help="CA bundle (PEM)")
+    g.add_argument("--ssl-certfile", type=Path, metavar="FILE", help="client certificate (PEM)")
+    g.add_argument("--ssl-keyfile", type=Path, metavar="FILE", help="client key (PEM)")
+    g.add_argument(
+        "--ssl-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the client key's password (or set ANOMALY_SSL_PASSWORD)",
+    )
+    for secret in ("--sasl-password", "--ssl-password"):
+        # Defined only to refuse them: else argparse would take them as abbreviations of the
+        # -file options and echo the password in a "cannot read file" error.
+        g.add_argument(secret, action=_RefuseSecretFlag, help=argparse.SUPPRESS)
+    g.add_argument(
+        "--no-ssl-check-hostname",
+        dest="ssl_check_hostname",
+        action="store_const",
+        const=False,
+        help="do not match the broker certificate's host name (test clusters only)",
+    )
+
+
+class _RefuseSecretFlag(argparse.Action):
+    """A password given as a flag value shows in `ps` and shell history: refuse it unseen."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        env = "ANOMALY_" + self.dest.upper()
+        parser.error(
+            f"{self.option_strings[0]} is not accepted (it would show in ps and shell history):"
+            f" set {env} or pass {self.option_strings[0]}-file FILE"
+        )
+
+
+def _kafka_connection(args: argparse.Namespace) -> KafkaConnection:
+    """The Kafka security settings: ANOMALY_* variables and .env, with the flags on top."""
+    overrides: dict[str, Any] = {
+        name: getattr(args, name, None)
+        for name in (
+            "security_protocol",
+            "sasl_mechanism",
+            "sasl_username",
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "ssl_check_hostname",
+        )
+    }
+    if getattr(args, "sasl_password_file", None):
+        overrides["sasl_password"] = read_secret_file(args.sasl_password_file, "SASL password")
+    if getattr(args, "ssl_password_file", None):
+        overrides["ssl_password"] = read_secret_file(args.ssl_password_file, "SSL key password")
+    return load_connection(overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# The parser
+# --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -74,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("fit", help="train, calibrate and publish a new version")
+    p = _command(sub, "fit", "train, calibrate and publish a new version", cmd_fit)
     p.add_argument(
         "data",
         metavar="DATA",
@@ -82,6 +219,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_dir(p)
     _data_options(p, image=True)
+    _fit_model_options(p)
+    _fit_training_options(p)
+    _fit_output_options(p)
+    _publish_topic(p)
+    g = p.add_argument_group("retraining")
+    g.add_argument(
+        "--exclude-flagged",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="leave out rows the current model flags, so a retrain does not learn recent anomalies"
+        " as normal (auto: yes when DATA is a kafka:// topic and --model-dir has a current model)",
+    )
+
+    p = _model_command(sub, "score", "offline scores, the same numbers the worker emits", cmd_score)
+    p.add_argument("--output", "-o", type=Path, help="JSON Lines file (default: stdout)")
+
+    p = _model_command(
+        sub, "evaluate", "precision, recall, F1, ROC-AUC, PR-AUC against labels", cmd_evaluate
+    )
+    p.add_argument("--report", type=Path, metavar="DIR", help="write error and latent plots here")
+    _json_flag(p, "print one JSON object")
+
+    p = _model_command(sub, "encode", "latent codes of each row (compression)", cmd_encode)
+    _table_output(p)
+
+    p = _model_command(
+        sub,
+        "decode",
+        "reconstructed rows from latent codes",
+        cmd_decode,
+        data_metavar="CODES",
+        data_help="codes written by `encode` (.npy, .npz, .csv, .jsonl)",
+        data_options=False,
+    )
+    _table_output(p)
+
+    p = _model_command(sub, "denoise", "cleaned records from a denoising model", cmd_denoise)
+    _table_output(p)
+
+    p = _command(sub, "versions", "published versions; * marks the current one", cmd_versions)
+    _model_dir(p)
+    _json_flag(p, "print JSON")
+    _publish_topic(p, "also list the versions on this model topic")
+
+    p = _command(sub, "promote", "make an older version current (rollback)", cmd_promote)
+    p.add_argument("version", metavar="VERSION", help="e.g. v2 or 2")
+    _model_dir(p)
+    _publish_topic(p, "roll back on this model topic too (the version must be on it)")
+
+    p = _command(sub, "publish", "send a published version to a compacted model topic", cmd_publish)
+    p.add_argument("version", metavar="VERSION", nargs="?", help="default: the current version")
+    _model_dir(p)
+    _publish_topic(p, "model topic that workers with ANOMALY_MODEL_TOPIC follow", required=True)
+    p.add_argument(
+        "--no-current", action="store_true", help="send the version without making it current"
+    )
+    # Every command may read kafka:// data or a model topic.
+    for command in sub.choices.values():
+        _kafka_options(command)
+    return parser
+
+
+def _fit_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (defaults follow the data)")
     g.add_argument("--architecture", choices=["dense", "conv"], help="default: dense")
     g.add_argument(
@@ -110,47 +310,46 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["minmax", "standard"],
         help="default: minmax for images and bce, standard otherwise",
     )
+
+
+def _fit_training_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument(
-        "--epochs",
-        type=int,
-        default=150,
-        help="maximum epochs; early stopping usually ends sooner (default 150)",
-    )
-    g.add_argument("--batch-size", type=int, help="default: grows with the data, 16 to 256")
-    g.add_argument(
-        "--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 0.001)"
-    )
-    g.add_argument(
-        "--patience",
-        type=int,
-        default=12,
-        help="epochs without validation improvement before stopping (default 12)",
-    )
-    g.add_argument(
-        "--validation-split",
-        type=float,
-        default=0.15,
-        help="share of normal rows for early stopping (default 0.15)",
-    )
-    g.add_argument(
-        "--calibration-split",
-        type=float,
-        default=0.15,
-        help="share of normal rows held out for the threshold (default 0.15)",
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="random seed: same data and seed, same model (default 0)",
-    )
-    g.add_argument(
-        "--percentile",
-        type=float,
-        default=99.0,
-        help="threshold percentile of held-out normal errors (default 99)",
-    )
+    # (flag, type, default, help): the numeric knobs of training and calibration
+    knobs: list[tuple[str, type, Any, str]] = [
+        ("--epochs", int, 150, "maximum epochs; early stopping usually ends sooner (default 150)"),
+        ("--batch-size", int, None, "default: grows with the data, 16 to 256"),
+        ("--learning-rate", float, 1e-3, "Adam learning rate (default 0.001)"),
+        (
+            "--patience",
+            int,
+            12,
+            "epochs without validation improvement before stopping (default 12)",
+        ),
+        (
+            "--validation-split",
+            float,
+            0.15,
+            "share of normal rows for early stopping (default 0.15)",
+        ),
+        (
+            "--calibration-split",
+            float,
+            0.15,
+            "share of normal rows held out for the threshold (default 0.15)",
+        ),
+        ("--seed", int, 0, "random seed: same data and seed, same model (default 0)"),
+        (
+            "--percentile",
+            float,
+            99.0,
+            "threshold percentile of held-out normal errors (default 99)",
+        ),
+    ]
+    for flag, kind, default, text in knobs:
+        g.add_argument(flag, type=kind, default=default, help=text)
+
+
+def _fit_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument(
         "--report",
@@ -165,93 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"versions to keep (default {artifact.DEFAULT_KEEP})",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    _publish_topic(p)
-    g = p.add_argument_group("retraining")
-    g.add_argument(
-        "--exclude-flagged",
-        choices=["auto", "yes", "no"],
-        default="auto",
-        help="leave out rows the current model flags, so a retrain does not learn recent anomalies"
-        " as normal (auto: yes when DATA is a kafka:// topic and --model-dir has a current model)",
-    )
-    p.set_defaults(func=cmd_fit)
-
-    p = sub.add_parser("score", help="offline scores, the same numbers the worker emits")
-    p.add_argument("data", metavar="DATA")
-    _model_dir(p)
-    _data_options(p)
-    _version(p)
-    p.add_argument("--output", "-o", type=Path, help="JSON Lines file (default: stdout)")
-    p.set_defaults(func=cmd_score)
-
-    p = sub.add_parser("evaluate", help="precision, recall, F1, ROC-AUC, PR-AUC against labels")
-    p.add_argument("data", metavar="DATA")
-    _model_dir(p)
-    _data_options(p)
-    _version(p)
-    p.add_argument("--report", type=Path, metavar="DIR", help="write error and latent plots here")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("encode", help="latent codes of each row (compression)")
-    p.add_argument("data", metavar="DATA")
-    _model_dir(p)
-    _data_options(p)
-    _version(p)
-    p.add_argument("--output", "-o", type=Path, required=True, help=".npy, .npz, .csv or .jsonl")
-    p.set_defaults(func=cmd_encode)
-
-    p = sub.add_parser("decode", help="reconstructed rows from latent codes")
-    p.add_argument(
-        "data", metavar="CODES", help="codes written by `encode` (.npy, .npz, .csv, .jsonl)"
-    )
-    _model_dir(p)
-    _version(p)
-    p.add_argument("--output", "-o", type=Path, required=True, help=".npy, .npz, .csv or .jsonl")
-    p.set_defaults(func=cmd_decode)
-
-    p = sub.add_parser("denoise", help="cleaned records from a denoising model")
-    p.add_argument("data", metavar="DATA")
-    _model_dir(p)
-    _data_options(p)
-    _version(p)
-    p.add_argument("--output", "-o", type=Path, required=True, help=".npy, .npz, .csv or .jsonl")
-    p.set_defaults(func=cmd_denoise)
-
-    p = sub.add_parser("versions", help="published versions; * marks the current one")
-    _model_dir(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _publish_topic(p, "also list the versions on this model topic")
-    p.set_defaults(func=cmd_versions)
-
-    p = sub.add_parser("promote", help="make an older version current (rollback)")
-    p.add_argument("version", metavar="VERSION", help="e.g. v2 or 2")
-    _model_dir(p)
-    _publish_topic(p, "roll back on this model topic too (the version must be on it)")
-    p.set_defaults(func=cmd_promote)
-
-    p = sub.add_parser("publish", help="send a published version to a compacted model topic")
-    p.add_argument("version", metavar="VERSION", nargs="?", help="default: the current version")
-    _model_dir(p)
-    p.add_argument(
-        "--publish-topic",
-        required=True,
-        metavar="kafka://HOST:PORT/TOPIC",
-        help="model topic that workers with ANOMALY_MODEL_TOPIC follow",
-    )
-    p.add_argument(
-        "--no-current", action="store_true", help="send the version without making it current"
-    )
-    p.set_defaults(func=cmd_publish)
-    return parser
-
-
-def _publish_topic(
-    p: argparse.ArgumentParser,
-    text: str = "also publish the new version to this compacted model topic (workers with"
-    " ANOMALY_MODEL_TOPIC pick it up)",
-) -> None:
-    p.add_argument("--publish-topic", metavar="kafka://HOST:PORT/TOPIC", help=text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +398,7 @@ def _model_rows(ds: Any, bundle: artifact.ModelBundle) -> Any:
     return align_features(ds.x, ds.feature_names, bundle.manifest)
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.fit import FitOptions, fit_model, publish_model
 
     if args.keep < 1:
@@ -323,7 +435,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.publish_topic:
         from trainer.model_topic import publish_from_model_dir
 
-        publish_from_model_dir(args.publish_topic, args.model_dir, version)
+        publish_from_model_dir(args.publish_topic, args.model_dir, version, connection=kafka)
         _err(f"sent {version} to model topic {args.publish_topic}")
     m = trained.manifest
     if args.report:
@@ -393,18 +505,22 @@ def _with_flagged_note(trained: Any, n: int, note: str) -> Any:
     return dataclasses.replace(trained, manifest=manifest, notes=[*trained.notes, note])
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
+def cmd_publish(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.model_topic import publish_from_model_dir
 
     version = publish_from_model_dir(
-        args.publish_topic, args.model_dir, args.version, make_current=not args.no_current
+        args.publish_topic,
+        args.model_dir,
+        args.version,
+        make_current=not args.no_current,
+        connection=kafka,
     )
     state = "sent" if args.no_current else "sent and made current"
     print(f"{version} {state} on model topic {args.publish_topic}")
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def cmd_score(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import score_rows, write_scores
 
     bundle = _bundle(args)
@@ -428,7 +544,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import evaluate_bundle, format_metrics
 
     bundle = _bundle(args)
@@ -458,7 +574,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_encode(args: argparse.Namespace) -> int:
+def cmd_encode(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import encode_rows, write_table
 
     bundle = _bundle(args)
@@ -474,7 +590,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_decode(args: argparse.Namespace) -> int:
+def cmd_decode(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import decode_codes, write_table
 
     bundle = _bundle(args)
@@ -491,7 +607,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_denoise(args: argparse.Namespace) -> int:
+def cmd_denoise(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     import numpy as np
 
     from trainer.evaluate import denoise_rows, score_rows, write_table
@@ -514,11 +630,11 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_versions(args: argparse.Namespace) -> int:
+def cmd_versions(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     if not Path(args.model_dir).is_dir():
         raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
     if args.publish_topic:
-        return _topic_versions(args)
+        return _topic_versions(args, kafka)
     infos = artifact.list_versions(args.model_dir)
     if args.json:
         print(
@@ -549,10 +665,10 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _topic_versions(args: argparse.Namespace) -> int:
+def _topic_versions(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.model_topic import list_topic_versions, parse_topic_url
 
-    infos = list_topic_versions(*parse_topic_url(args.publish_topic))
+    infos = list_topic_versions(*parse_topic_url(args.publish_topic), connection=kafka)
     rows = [
         {
             "version": v.version,
@@ -574,7 +690,7 @@ def _topic_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
+def cmd_promote(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     before = artifact.current_version(args.model_dir)
     if not Path(args.model_dir).is_dir():
         raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
@@ -582,7 +698,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if args.publish_topic:
         from trainer.model_topic import parse_topic_url, promote_on_topic
 
-        promote_on_topic(*parse_topic_url(args.publish_topic), name)
+        promote_on_topic(*parse_topic_url(args.publish_topic), name, connection=kafka)
         print(f"{name} is current on model topic {args.publish_topic}")
         if not (Path(args.model_dir) / artifact.VERSIONS_DIR / name).is_dir():
             return 0
@@ -598,7 +714,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        kafka = _kafka_connection(args)
+        # trainer.data has no parameter for it: kafka:// DATA finds the connection this way.
+        with using_connection(kafka):
+            return int(args.func(args, kafka))
     except TrainerError as exc:
         _err(f"{PROG} {args.command}: error: {exc}")
         return EXIT_ERROR

@@ -9,19 +9,26 @@ records are shared between partitions from their starts, so the same topic gives
 
 Values must be UTF-8 JSON objects (the worker's record shapes); the others are returned as
 ``undecodable`` with a reason, for the caller to count and report.
+
+Security (SASL, TLS) comes from a `KafkaConnection` built by the caller; without one the read is
+PLAINTEXT. A wrong password fails like an unreachable broker, within the timeout, but says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from trainer.errors import DataError
+from trainer.kafka_connection import PLAINTEXT, KafkaConnection, client_log, connect_hint
 
 DEFAULT_TIMEOUT_S = 30.0
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -29,6 +36,19 @@ _POLL_MS = 200
 # The reading thread enforces the timeout itself; this grace only covers a client call stuck
 # inside kafka-python (e.g. a broker vanishing mid-request).
 _WATCHDOG_GRACE_S = 5.0
+# The connection `read_topic` uses when its caller passes none; set by `using_connection` (the
+# CLI), because `trainer.data.load_dataset` has no parameter to carry it (yet).
+_CONNECTION: ContextVar[KafkaConnection | None] = ContextVar("kafka_connection", default=None)
+
+
+@contextlib.contextmanager
+def using_connection(connection: KafkaConnection) -> Iterator[None]:
+    """Reads of ``kafka://`` sources inside the block use ``connection`` (SASL, TLS)."""
+    token = _CONNECTION.set(connection)
+    try:
+        yield
+    finally:
+        _CONNECTION.reset(token)
 
 
 @dataclass(frozen=True)
@@ -130,18 +150,20 @@ def split_quota(available: dict[int, int], max_records: int | None) -> dict[int,
     return quota
 
 
-def read_topic(source: str | KafkaSpec) -> TopicRead:
+def read_topic(source: str | KafkaSpec, connection: KafkaConnection | None = None) -> TopicRead:
     """Read the topic as the URL asks; refuse with a one-line `DataError` when it cannot.
 
-    Runs the read on a helper thread so that even a client call stuck inside kafka-python cannot
-    hang the caller past the timeout.
+    ``connection`` gives the security settings (default: those of `using_connection`, else
+    PLAINTEXT). Runs the read on a helper thread so that even a client call stuck inside
+    kafka-python cannot hang the caller past the timeout.
     """
     spec = source if isinstance(source, KafkaSpec) else parse_kafka_url(source)
+    conn = connection or _CONNECTION.get() or PLAINTEXT
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["read"] = _read(spec)
+            outcome["read"] = _read(spec, conn)
         except BaseException as exc:  # handed to the caller's thread below
             outcome["error"] = exc
 
@@ -158,7 +180,7 @@ def read_topic(source: str | KafkaSpec) -> TopicRead:
     return outcome["read"]
 
 
-def _read(spec: KafkaSpec) -> TopicRead:
+def _read(spec: KafkaSpec, connection: KafkaConnection) -> TopicRead:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -169,22 +191,24 @@ def _read(spec: KafkaSpec) -> TopicRead:
 
     brokers = ",".join(spec.bootstrap_servers)
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=spec.bootstrap_servers,
-            client_id="anomaly-trainer-reader",
-            group_id=None,  # no group: nothing committed, no rebalancing
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            allow_auto_create_topics=False,
-            bootstrap_timeout_ms=remaining_ms(),
-            request_timeout_ms=max(1000, min(30000, remaining_ms())),
-            max_poll_records=1000,
-        )
+        with client_log() as seen:
+            consumer = KafkaConsumer(
+                **connection.client_kwargs(),
+                bootstrap_servers=spec.bootstrap_servers,
+                client_id="anomaly-trainer-reader",
+                group_id=None,  # no group: nothing committed, no rebalancing
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                allow_auto_create_topics=False,
+                bootstrap_timeout_ms=remaining_ms(),
+                request_timeout_ms=max(1000, min(30000, remaining_ms())),
+                max_poll_records=1000,
+            )
     except KafkaError as exc:
         raise DataError(
             f"{spec.url}: cannot connect to Kafka at {brokers} ({type(exc).__name__}); "
-            "check the address and that the broker is running"
+            + connect_hint(connection.client_kwargs(), seen)
         ) from exc
     try:
         return _read_assigned(consumer, spec, TopicPartition, remaining_ms, deadline)

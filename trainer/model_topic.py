@@ -24,6 +24,9 @@ because ``current`` is only written after the seal. A version whose chunks are m
 checksum is refused and reported as data (`Refusal`); the version delivered before stays. A
 broker that cannot be read raises `TopicReadError` (retry: nothing is wrong with the versions).
 
+Security (SASL, TLS): the trainer's entry points take a `KafkaConnection`; the lower-level
+functions and `ModelTopicReader` take kafka-python config dicts (the worker passes its own).
+
 This module holds no training code; the worker imports it.
 """
 
@@ -66,6 +69,7 @@ from trainer.artifact import (
     utc_now,
 )
 from trainer.errors import ArtifactError, ConfigError, VersionNotFoundError
+from trainer.kafka_connection import ClientLog, KafkaConnection, client_log, connect_hint
 
 log = logging.getLogger(__name__)
 
@@ -575,9 +579,10 @@ def _consumer(bootstrap: str, consumer_config: dict[str, Any] | None) -> Any:
     }
     config.update(consumer_config or {})
     try:
-        return KafkaConsumer(bootstrap_servers=bootstrap, **config)
+        with client_log() as seen:
+            return KafkaConsumer(bootstrap_servers=bootstrap, **config)
     except KafkaError as exc:
-        raise TopicReadError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        raise _unreachable(bootstrap, exc, config, seen) from exc
 
 
 def _producer(bootstrap: str, producer_config: dict[str, Any] | None) -> Any:
@@ -593,9 +598,25 @@ def _producer(bootstrap: str, producer_config: dict[str, Any] | None) -> Any:
     }
     config.update(producer_config or {})
     try:
-        return KafkaProducer(bootstrap_servers=bootstrap, **config)
+        with client_log() as seen:
+            return KafkaProducer(bootstrap_servers=bootstrap, **config)
     except KafkaError as exc:
-        raise TopicReadError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        raise _unreachable(bootstrap, exc, config, seen) from exc
+
+
+def _unreachable(
+    bootstrap: str, exc: Exception, config: dict[str, Any], seen: ClientLog
+) -> TopicReadError:
+    return TopicReadError(f"cannot reach Kafka at {bootstrap}: {exc}; {connect_hint(config, seen)}")
+
+
+def _with_security(
+    connection: KafkaConnection | None, config: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """``config`` on top of the connection's security kwargs (None when there is neither)."""
+    if connection is None:
+        return config
+    return {**connection.client_kwargs(), **(config or {})}
 
 
 def ensure_model_topic(
@@ -611,13 +632,14 @@ def ensure_model_topic(
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="anomaly-model-publisher",
-            **(admin_config or {}),
-        )
+        with client_log() as seen:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id="anomaly-model-publisher",
+                **(admin_config or {}),
+            )
     except KafkaError as exc:
-        raise TopicReadError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        raise _unreachable(bootstrap, exc, admin_config or {}, seen) from exc
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics(
@@ -843,6 +865,7 @@ def publish_to_topic(
     version_dir: str | os.PathLike[str],
     *,
     make_current: bool = True,
+    connection: KafkaConnection | None = None,
     producer_config: dict[str, Any] | None = None,
     consumer_config: dict[str, Any] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -854,15 +877,20 @@ def publish_to_topic(
     (chunks already intact on the topic are not sent twice); a different version under a name
     the topic already holds is refused, since it would silently replace what workers run.
     Versions beyond the newest ``keep`` (0: keep all) are deleted with tombstones, except the
-    current one, so the topic does not grow with every retrain.
+    current one, so the topic does not grow with every retrain. ``connection`` gives the
+    security settings; ``producer_config``/``consumer_config`` go on top of them.
     """
+    producer_config = _with_security(connection, producer_config)
+    consumer_config = _with_security(connection, consumer_config)
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
     version = manifest.version
     check_version_name(version)
     blob = pack_version_dir(version_dir)
     blob_sha = sha256_hex(blob)
-    max_message = ensure_model_topic(bootstrap, topic)
+    max_message = ensure_model_topic(
+        bootstrap, topic, admin_config=_with_security(connection, None)
+    )
     if not 1024 <= chunk_bytes <= max_message - RECORD_OVERHEAD_BYTES:
         raise ConfigError(
             f"chunk size {chunk_bytes} does not fit topic {topic} (max.message.bytes "
@@ -908,6 +936,7 @@ def publish_from_model_dir(
     version: str | None = None,
     *,
     make_current: bool = True,
+    connection: KafkaConnection | None = None,
 ) -> str:
     """``anomaly-trainer publish VERSION --model-dir DIR --publish-topic kafka://HOST:PORT/TOPIC``.
 
@@ -923,7 +952,9 @@ def publish_from_model_dir(
         raise VersionNotFoundError(
             f"version {name} not found in {model_dir}: see `anomaly-trainer versions`"
         )
-    return publish_to_topic(bootstrap, topic, path, make_current=make_current)
+    return publish_to_topic(
+        bootstrap, topic, path, make_current=make_current, connection=connection
+    )
 
 
 def promote_on_topic(
@@ -931,10 +962,13 @@ def promote_on_topic(
     topic: str,
     version: str,
     *,
+    connection: KafkaConnection | None = None,
     producer_config: dict[str, Any] | None = None,
     consumer_config: dict[str, Any] | None = None,
 ) -> str:
     """Make a version already on the topic current again (rollback); verified before pointing."""
+    producer_config = _with_security(connection, producer_config)
+    consumer_config = _with_security(connection, consumer_config)
     version = normalize_version(version)
     check_version_name(version)
     index = read_topic_index(bootstrap, topic, consumer_config=consumer_config)
@@ -958,9 +992,14 @@ def promote_on_topic(
 
 
 def list_topic_versions(
-    bootstrap: str, topic: str, *, consumer_config: dict[str, Any] | None = None
+    bootstrap: str,
+    topic: str,
+    *,
+    connection: KafkaConnection | None = None,
+    consumer_config: dict[str, Any] | None = None,
 ) -> list[TopicVersionInfo]:
     """The sealed versions on the topic, oldest first; empty if the topic does not exist."""
+    consumer_config = _with_security(connection, consumer_config)
     index = read_topic_index(bootstrap, topic, consumer_config=consumer_config)
     return index.versions() if index else []
 

@@ -17,6 +17,15 @@
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 60)
 #   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 30)
 #   JAVA_HOME              Java 17 or newer (default: java on PATH)
+#   KAFKA_SASL_PORT        with KAFKA_SASL_USERS: an extra SASL_PLAINTEXT listener on 127.0.0.1
+#                          (default: none; the PLAINTEXT listener stays as it is either way)
+#   KAFKA_SSL_PORT         with KAFKA_SASL_USERS and KAFKA_SSL_KEYSTORE: an extra SASL_SSL listener
+#   KAFKA_SASL_USERS       "user:password[,user:password...]" (letters, digits, . _ -) accepted by
+#                          PLAIN and SCRAM-SHA-256 on those listeners. PLAIN users are re-read on
+#                          each start; SCRAM users are stored when the storage is formatted, so a
+#                          data dir formatted without them has none (use a fresh KAFKA_DATA_DIR)
+#   KAFKA_SSL_KEYSTORE     PKCS12 file with the broker's key and certificate (for KAFKA_SSL_PORT)
+#   KAFKA_SSL_KEYSTORE_PASSWORD  its store and key password
 #
 # Several brokers can run at once with different KAFKA_PORT and KAFKA_DATA_DIR.
 set -euo pipefail
@@ -29,6 +38,11 @@ DATA_DIR=${KAFKA_DATA_DIR:-$ROOT/.kafka/data}
 START_TIMEOUT=${KAFKA_START_TIMEOUT:-60}
 STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
 HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}
+SASL_PORT=${KAFKA_SASL_PORT:-}
+SASL_USERS=${KAFKA_SASL_USERS:-}
+SSL_PORT=${KAFKA_SSL_PORT:-}
+SSL_KEYSTORE=${KAFKA_SSL_KEYSTORE:-}
+SSL_KEYSTORE_PASSWORD=${KAFKA_SSL_KEYSTORE_PASSWORD:-}
 PYTHON=${PYTHON:-python3}
 if [ -n "${JAVA_HOME:-}" ]; then JAVA="$JAVA_HOME/bin/java"; else JAVA=java; fi
 
@@ -106,16 +120,75 @@ java_check() {
     [ "${major%%.*}" -ge 17 ] 2>/dev/null || die "Kafka 4 needs Java 17 or newer, found '$major' ($JAVA)"
 }
 
+# Check KAFKA_SASL_* / KAFKA_SSL_*; set $sasl_names and $sasl_passwords (same order).
+sasl_check() {
+    sasl_names=() sasl_passwords=()
+    [ -n "$SASL_PORT$SSL_PORT$SASL_USERS" ] || return 0
+    [ -n "$SASL_PORT$SSL_PORT" ] && [ -n "$SASL_USERS" ] ||
+        die "KAFKA_SASL_USERS goes with KAFKA_SASL_PORT and/or KAFKA_SSL_PORT (set both or neither)"
+    local p
+    for p in "$SASL_PORT" "$SSL_PORT"; do
+        [ -z "$p" ] || { [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" != "$PORT" ]; } ||
+            die "KAFKA_SASL_PORT/KAFKA_SSL_PORT must be port numbers other than KAFKA_PORT, got '$p'"
+    done
+    [ -z "$SASL_PORT" ] || [ "$SASL_PORT" != "$SSL_PORT" ] ||
+        die "KAFKA_SASL_PORT and KAFKA_SSL_PORT are both $SSL_PORT"
+    if [ -n "$SSL_PORT" ]; then
+        [ -f "$SSL_KEYSTORE" ] && [ -n "$SSL_KEYSTORE_PASSWORD" ] ||
+            die "KAFKA_SSL_PORT needs KAFKA_SSL_KEYSTORE (a PKCS12 file) and KAFKA_SSL_KEYSTORE_PASSWORD"
+    fi
+    local entry entries
+    IFS=, read -ra entries <<<"$SASL_USERS"
+    for entry in "${entries[@]}"; do
+        [[ "$entry" =~ ^([A-Za-z0-9._-]+):([A-Za-z0-9._-]+)$ ]] ||
+            die "KAFKA_SASL_USERS entry '${entry%%:*}:...' is not user:password (letters, digits, . _ -)"
+        sasl_names+=("${BASH_REMATCH[1]}")
+        sasl_passwords+=("${BASH_REMATCH[2]}")
+    done
+}
+
+# The SASL listeners' lines of server.properties (nothing without KAFKA_SASL_PORT/KAFKA_SSL_PORT).
+sasl_config() {
+    [ -n "$SASL_PORT$SSL_PORT" ] || return 0
+    local plain_users="" i name names=()
+    for i in "${!sasl_names[@]}"; do
+        plain_users+=" user_${sasl_names[$i]}=\"${sasl_passwords[$i]}\""
+    done
+    [ -z "$SASL_PORT" ] || names+=(sasl_plaintext)
+    [ -z "$SSL_PORT" ] || names+=(sasl_ssl)
+    echo "# SASL listeners (KAFKA_SASL_PORT, KAFKA_SSL_PORT): PLAIN users here, SCRAM users stored at format."
+    echo "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256"
+    for name in "${names[@]}"; do
+        echo "listener.name.$name.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required${plain_users};"
+        echo "listener.name.$name.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    done
+    if [ -n "$SSL_PORT" ]; then
+        echo "ssl.keystore.type=PKCS12"
+        echo "ssl.keystore.location=$(realpath "$SSL_KEYSTORE")"
+        echo "ssl.keystore.password=$SSL_KEYSTORE_PASSWORD"
+        echo "ssl.key.password=$SSL_KEYSTORE_PASSWORD"
+    fi
+}
+
 write_config() {
     local controller_port=$1
+    local listeners="PLAINTEXT://127.0.0.1:$PORT" protocols="PLAINTEXT:PLAINTEXT"
+    if [ -n "$SASL_PORT" ]; then
+        listeners+=",SASL_PLAINTEXT://127.0.0.1:$SASL_PORT"
+        protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+    fi
+    if [ -n "$SSL_PORT" ]; then
+        listeners+=",SASL_SSL://127.0.0.1:$SSL_PORT"
+        protocols+=",SASL_SSL:SASL_SSL"
+    fi
     cat >"$abs_data_dir/server.properties" <<EOF
 # Written by deploy/local/kafka.sh on each start: a single KRaft node (broker and controller).
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=$listeners
+listener.security.protocol.map=$protocols,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$abs_data_dir/logs
@@ -137,6 +210,7 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
 EOF
+    sasl_config >>"$abs_data_dir/server.properties"
 }
 
 cmd_start() {
@@ -148,11 +222,18 @@ cmd_start() {
         wait_until_answering "$pid"
         return 0
     fi
+    sasl_check
     cmd_fetch
     java_check
     if port_in_use "$PORT"; then
         die "port $PORT on 127.0.0.1 is already in use (set KAFKA_PORT)"
     fi
+    local extra
+    for extra in "$SASL_PORT" "$SSL_PORT"; do
+        if [ -n "$extra" ] && port_in_use "$extra"; then
+            die "port $extra on 127.0.0.1 is already in use (set KAFKA_SASL_PORT/KAFKA_SSL_PORT)"
+        fi
+    done
 
     local controller_port=${KAFKA_CONTROLLER_PORT:-}
     if [ -z "$controller_port" ] && [ -f "$abs_data_dir/controller.port" ]; then
@@ -176,9 +257,14 @@ cmd_start() {
     if [ ! -f "$abs_data_dir/logs/meta.properties" ]; then
         local cluster_id
         cluster_id=$("$PYTHON" -c 'import base64,uuid; print("k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:])')
+        local scram=() i
+        for i in "${!sasl_names[@]}"; do
+            scram+=(--add-scram "SCRAM-SHA-256=[name=${sasl_names[$i]},password=${sasl_passwords[$i]}]")
+        done
         log "formatting storage in $abs_data_dir/logs (cluster $cluster_id)"
         if ! "$JAVA" "${jvm_opts[@]}" -cp "$cp" kafka.tools.StorageTool format \
-            -t "$cluster_id" -c "$abs_data_dir/server.properties" >"$abs_data_dir/format.out" 2>&1; then
+            -t "$cluster_id" -c "$abs_data_dir/server.properties" "${scram[@]}" \
+            >"$abs_data_dir/format.out" 2>&1; then
             cat "$abs_data_dir/format.out" >&2
             die "formatting the storage failed"
         fi
@@ -250,7 +336,7 @@ cmd_status() {
     pid=$(running_pid)
     if [ -n "$pid" ]; then
         local port
-        port=$(sed -n 's#^advertised.listeners=PLAINTEXT://##p' "$abs_data_dir/server.properties" 2>/dev/null)
+        port=$(sed -n 's#^advertised.listeners=PLAINTEXT://\([^,]*\).*#\1#p' "$abs_data_dir/server.properties" 2>/dev/null)
         echo "running pid=$pid bootstrap=$port data=$abs_data_dir"
         return 0
     fi

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +23,8 @@ import requests
 import yaml
 from deploy_helpers import rule_files
 from kafka import KafkaProducer
-from kafka_helpers import create_topic, unique_name
+from kafka_helpers import free_port
+from worker_harness import Topics, WorkerFactory, WorkerProcess, make_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -34,12 +33,6 @@ SCRAPE_S = 1
 RATE = 200  # records per second from the producer thread
 ALERT = "AnomalyRatioHigh"
 _WINDOWS = {"5m": "20s", "10m": "30s", "15m": "30s"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shortened_rules() -> dict[str, Any]:
@@ -72,7 +65,7 @@ class Prometheus:
         binary = BIN / "prometheus" if (BIN / "prometheus").exists() else "/usr/bin/prometheus"
         if not Path(binary).exists():
             pytest.fail("prometheus is not installed: run scripts/bootstrap.sh (Debian package)")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (workdir / "rules.yml").write_text(yaml.safe_dump(shortened_rules(), sort_keys=False))
         config = {
@@ -207,63 +200,31 @@ def sensor_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def worker(kafka_bootstrap: str, sensor_model: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """An `anomaly-worker` process on its own topics and group, ready (partitions assigned)."""
-    topic = unique_name("scrape-in")
-    create_topic(kafka_bootstrap, topic, partitions=2)
-    create_topic(kafka_bootstrap, f"{topic}-out")
-    create_topic(kafka_bootstrap, f"{topic}-dlq")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_")}
-    env.update(
-        TF_CPP_MIN_LOG_LEVEL="2",
-        ANOMALY_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        ANOMALY_INPUT_TOPIC=topic,
-        ANOMALY_OUTPUT_TOPIC=f"{topic}-out",
-        ANOMALY_DLQ_TOPIC=f"{topic}-dlq",
-        ANOMALY_GROUP_ID=unique_name("scrape-grp"),
-        ANOMALY_MODEL_DIR=str(sensor_model),
-        ANOMALY_METRICS_HOST="127.0.0.1",
-        ANOMALY_METRICS_PORT=str(port),
-        ANOMALY_BATCH_MAX_WAIT_MS="100",
-        ANOMALY_LAG_REFRESH_S="1",
-    )
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "anomaly-worker")], env=env, cwd=tmp_path, stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+def topics(kafka_bootstrap: str) -> Topics:
+    return make_topics(kafka_bootstrap, "scrape", partitions=2)
+
+
+@pytest.fixture
+def worker(
+    kafka_bootstrap: str, topics: Topics, sensor_model: Path, tmp_path: Path
+) -> Iterator[WorkerProcess]:
+    """A worker process on its own topics and group, ready (partitions assigned)."""
+    workers = WorkerFactory(kafka_bootstrap, tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"worker exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker not ready in 90 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield {"port": port, "topic": topic, "log": log_path}
+        w = workers.start(topics, sensor_model, BATCH_MAX_WAIT_MS=100)
+        w.wait_ready(timeout_s=90)
+        yield w
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        workers.close()
 
 
 def test_anomaly_ratio_alert_fires_on_a_burst_and_not_before(
-    kafka_bootstrap: str, worker: dict[str, Any], tmp_path: Path
+    kafka_bootstrap: str, topics: Topics, worker: WorkerProcess, tmp_path: Path
 ) -> None:
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
-    prometheus = Prometheus(workdir, worker["port"])
-    stream = SensorStream(kafka_bootstrap, worker["topic"])
+    prometheus = Prometheus(workdir, worker.wait_port())
+    stream = SensorStream(kafka_bootstrap, topics.input)
     try:
         prometheus.wait_ready()
         stream.start()

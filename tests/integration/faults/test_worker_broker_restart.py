@@ -16,16 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faults_support import (
-    Accounting,
-    Stream,
-    WorkerFactory,
-    WorkerProc,
-    account,
-    make_topics,
-    wait_all_committed,
-)
+from faults_support import FAULT_SETTINGS, INPUT_PARTITIONS, Accounting, account
 from kafka_helpers import LocalKafka
+from worker_harness import Stream, WorkerFactory, WorkerProcess, make_topics, wait_all_committed
 from worker_models import sensor_rows
 
 from trainer.artifact import load_bundle
@@ -40,7 +33,7 @@ READY_FALSE_WITHIN_S = 5.0
 class ReadyProbe:
     """Samples /readyz every 100 ms from a thread: [(monotonic time, True/False/None)]."""
 
-    def __init__(self, worker: WorkerProc) -> None:
+    def __init__(self, worker: WorkerProcess) -> None:
         self.samples: list[tuple[float, bool | None]] = []
         self._stop = threading.Event()
         self._worker = worker
@@ -85,8 +78,8 @@ def outage(
     workers = None
     try:
         broker.start()
-        topics = make_topics(broker.bootstrap, "restart")
-        workers = WorkerFactory(broker.bootstrap, topics, model_dir, tmp)
+        topics = make_topics(broker.bootstrap, "restart", INPUT_PARTITIONS)
+        workers = WorkerFactory(broker.bootstrap, tmp, topics, model_dir, FAULT_SETTINGS)
         bundle = load_bundle(model_dir)
         x, _ = sensor_rows(N_RECORDS, bundle.manifest.n_features, seed=71, anomaly_rate=0.05)
         w = workers.start()
@@ -102,16 +95,16 @@ def outage(
         deadline = t_up + 60
         while not w.ready():
             w.assert_running()
-            assert time.monotonic() < deadline, w.log_text()
+            assert time.monotonic() < deadline, w.log_tail()
             time.sleep(0.1)
         t_ready = time.monotonic()
         samples = probe.stop()
-        assert w.alive(), w.log_text()
+        assert w.alive(), w.log_tail()
         stream.join()
         wait_all_committed(broker.bootstrap, topics, [w])
         acc = account(broker.bootstrap, topics, stream, bundle)
         counts = w.counts()
-        log = w.log_text(6000)
+        log = w.log_tail(6000)
         code, _ = w.terminate()
         result = Outage(acc, counts, code, t_down, t_up, t_ready, samples, log)
         first_false = next((t for t, ok in result.timeline() if ok is False), None)

@@ -15,14 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults_support import (
-    Stream,
-    WorkerFactory,
-    account,
-    assert_counts_match,
-    expected_flags,
-    wait_all_committed,
-)
+from faults_support import account, assert_counts_match, expected_flags
+from worker_harness import Stream, WorkerFactory, wait_all_committed
 from worker_models import TrainedModel, publish, sensor_rows
 
 from trainer.artifact import load_bundle
@@ -34,7 +28,7 @@ def test_model_swap_under_load_and_metrics_match_what_was_sent(
     kafka_bootstrap: str,
     workers: WorkerFactory,
     model_dir: Path,
-    faults_model: TrainedModel,
+    trained_model: TrainedModel,
     busy_threshold: float,
 ) -> None:
     topics = workers.topics
@@ -45,10 +39,10 @@ def test_model_swap_under_load_and_metrics_match_what_was_sent(
     w.wait_ready()
     stream = Stream(kafka_bootstrap, topics.input, x, chunk=100, pause_s=0.1)
     w.wait_records(1000)
-    assert publish(model_dir, faults_model, threshold=busy_threshold) == "v2"
+    assert publish(model_dir, trained_model, threshold=busy_threshold) == "v2"
     deadline = time.monotonic() + 30
     while w.metric("anomaly_worker_model_info", version="v2") != 1:
-        assert time.monotonic() < deadline, w.log_text()
+        assert time.monotonic() < deadline, w.log_tail()
         time.sleep(0.1)
     sent_at_swap = stream.sent
     assert sent_at_swap < len(x), "the stream ended before the swap"

@@ -10,15 +10,8 @@ import json
 import time
 
 import pytest
-from faults_support import (
-    Stream,
-    WorkerFactory,
-    account,
-    assert_counts_match,
-    committed,
-    sum_counts,
-    wait_all_committed,
-)
+from faults_support import account, assert_counts_match, sum_counts
+from worker_harness import Stream, WorkerFactory, committed, wait_all_committed
 from worker_models import sensor_rows
 
 from trainer.artifact import load_bundle
@@ -48,7 +41,7 @@ def test_worker_joining_and_leaving_mid_stream_loses_nothing_and_duplicates_noth
     assert a.records_total() > 0
     assert not stream.done.is_set(), "the stream ended before the first worker left"
     code, took = a.terminate()  # a leaves: b takes all partitions
-    assert code == 0, a.log_text()
+    assert code == 0, a.log_tail()
     assert took < 10
     committed_at_leave = sum(
         committed(kafka_bootstrap, topics.input, topics.group, topics.partitions).values()
@@ -57,7 +50,7 @@ def test_worker_joining_and_leaving_mid_stream_loses_nothing_and_duplicates_noth
     wait_all_committed(kafka_bootstrap, topics, [b])
     deadline = time.monotonic() + 20
     while b.metric("anomaly_worker_partitions_assigned") != topics.partitions:
-        assert time.monotonic() < deadline, b.log_text()
+        assert time.monotonic() < deadline, b.log_tail()
         time.sleep(0.2)
     acc = account(kafka_bootstrap, topics, stream, bundle)
     counts_b = b.counts()

@@ -3,82 +3,23 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka_helpers import consume_all, create_topic, produce_json, unique_name
+from kafka_helpers import consume_all, produce_json, unique_name
+from worker_harness import Stream, Topics, committed, make_topics
 from worker_models import sensor_rows
-from worker_process import Topics
 
 from trainer.artifact import load_bundle
 
 pytestmark = pytest.mark.integration
 
 
-class Stream:
-    """Produce ``x`` as records in chunks from a background thread (a live input stream).
-
-    `stop` ends it early; `join` returns the (partition, offset) of each row sent, in row order.
-    """
-
-    def __init__(
-        self, bootstrap: str, topic: str, x: np.ndarray, chunk: int, pause_s: float
-    ) -> None:
-        self.placed: list[tuple[int, int]] = []
-        self.done = threading.Event()
-        self._stop = threading.Event()
-        self.error: BaseException | None = None
-
-        def run() -> None:
-            producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-            try:
-                for start in range(0, len(x), chunk):
-                    if self._stop.is_set():
-                        break
-                    futures = [
-                        producer.send(
-                            topic,
-                            value=json.dumps({"id": i, "features": x[i].tolist()}).encode(),
-                            key=f"k{i}".encode(),
-                        )
-                        for i in range(start, min(start + chunk, len(x)))
-                    ]
-                    producer.flush()
-                    for f in futures:
-                        meta = f.get(timeout=30)
-                        self.placed.append((meta.partition, meta.offset))
-                    time.sleep(pause_s)
-            except BaseException as exc:  # surfaced by join()
-                self.error = exc
-            finally:
-                producer.close()
-                self.done.set()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout_s: float = 60) -> list[tuple[int, int]]:
-        self._thread.join(timeout_s)
-        assert not self._thread.is_alive(), "producer thread stuck"
-        if self.error is not None:
-            raise self.error
-        return self.placed
-
-
-def committed_total(bootstrap: str, topic: str, group: str, partitions: int = 3) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
-    finally:
-        consumer.close()
+def committed_total(bootstrap: str, topics: Topics) -> int:
+    return sum(committed(bootstrap, topics.input, topics.group, topics.partitions).values())
 
 
 def event_sources(records) -> Counter:  # type: ignore[no-untyped-def]
@@ -97,13 +38,13 @@ def test_sigterm_mid_stream_commits_everything_and_restart_adds_no_duplicates(
     x, _ = sensor_rows(3000, 6, seed=21, anomaly_rate=0.2)
     worker = start_worker(topics, model_dir, BATCH_MAX_RECORDS=50)
     worker.wait_ready()
-    stream = Stream(kafka_bootstrap, topics.input, x, chunk=100, pause_s=0.1)
+    stream = Stream(kafka_bootstrap, topics.input, x, chunk=100, pause_s=0.1, poison_every=0)
     worker.wait_records(500)
     code, took = worker.terminate()
-    assert code == 0, worker.log_text()[-3000:]
+    assert code == 0, worker.log_tail(3000)
     assert took < 10
     placed = stream.join()
-    first_run = committed_total(kafka_bootstrap, topics.input, topics.group)
+    first_run = committed_total(kafka_bootstrap, topics)
     assert 500 <= first_run < len(x), first_run  # stopped mid-stream, with its work committed
 
     again = start_worker(topics, model_dir, BATCH_MAX_RECORDS=50)
@@ -116,7 +57,7 @@ def test_sigterm_mid_stream_commits_everything_and_restart_adds_no_duplicates(
     assert set(got) == want
     assert max(got.values()) == 1, "duplicate events after a clean stop"
     assert again.terminate()[0] == 0
-    assert committed_total(kafka_bootstrap, topics.input, topics.group) == len(x)
+    assert committed_total(kafka_bootstrap, topics) == len(x)
 
 
 def test_exactly_once_read_committed_sees_each_event_once(
@@ -129,19 +70,19 @@ def test_exactly_once_read_committed_sees_each_event_once(
         topics, model_dir, DELIVERY="exactly_once", TRANSACTIONAL_ID=tid, BATCH_MAX_RECORDS=100
     )
     worker.wait_ready()
-    stream = Stream(kafka_bootstrap, topics.input, x, chunk=100, pause_s=0.1)
+    stream = Stream(kafka_bootstrap, topics.input, x, chunk=100, pause_s=0.1, poison_every=0)
     poison = produce_json(kafka_bootstrap, topics.input, [b"{broken"], keys=["bad"])
     worker.wait_records(600)
     code, _ = worker.terminate()  # mid-stream: the next worker continues from the committed txn
-    assert code == 0, worker.log_text()[-3000:]
+    assert code == 0, worker.log_tail(3000)
     placed = stream.join()
     again = start_worker(
         topics, model_dir, DELIVERY="exactly_once", TRANSACTIONAL_ID=tid, BATCH_MAX_RECORDS=100
     )
     want = expected_sources(bundle, x, placed)
     deadline = time.monotonic() + 60
-    while committed_total(kafka_bootstrap, topics.input, topics.group) < len(x) + 1:
-        assert time.monotonic() < deadline, again.log_text()[-3000:]
+    while committed_total(kafka_bootstrap, topics) < len(x) + 1:
+        assert time.monotonic() < deadline, again.log_tail(3000)
         time.sleep(0.3)
     events = consume_all(kafka_bootstrap, topics.output, isolation_level="read_committed")
     got = event_sources(events)
@@ -162,9 +103,7 @@ def test_fenced_producer_exits_cleanly(
     first = start_worker(topics, model_dir, DELIVERY="exactly_once", TRANSACTIONAL_ID=tid)
     first.wait_ready()
     # a second instance with the same transactional id (another group and input) fences the first
-    other = Topics(unique_name("in"), unique_name("out"), unique_name("dlq"), unique_name("grp"))
-    for t in (other.input, other.output, other.dlq):
-        create_topic(kafka_bootstrap, t)
+    other = make_topics(kafka_bootstrap, "fenced", partitions=1)
     second = start_worker(other, model_dir, DELIVERY="exactly_once", TRANSACTIONAL_ID=tid)
     second.wait_ready()
     x, _ = sensor_rows(50, 6, seed=1)
@@ -183,7 +122,7 @@ def test_a_second_worker_joining_mid_stream_shares_partitions_and_loses_nothing(
     x, _ = sensor_rows(20000, 6, seed=23, anomaly_rate=0.2)
     a = start_worker(topics, model_dir, BATCH_MAX_RECORDS=50, SESSION_TIMEOUT_MS=6000)
     a.wait_ready()
-    stream = Stream(kafka_bootstrap, topics.input, x, chunk=25, pause_s=0.05)
+    stream = Stream(kafka_bootstrap, topics.input, x, chunk=25, pause_s=0.05, poison_every=0)
     a.wait_records(200)
     b = start_worker(topics, model_dir, BATCH_MAX_RECORDS=50, SESSION_TIMEOUT_MS=6000)
     b.wait_ready()
@@ -193,8 +132,8 @@ def test_a_second_worker_joining_mid_stream_shares_partitions_and_loses_nothing(
     placed = stream.join()
     x = x[: len(placed)]
     deadline = time.monotonic() + 60
-    while committed_total(kafka_bootstrap, topics.input, topics.group) < len(x):
-        assert time.monotonic() < deadline, (a.log_text()[-2000:], b.log_text()[-2000:])
+    while committed_total(kafka_bootstrap, topics) < len(x):
+        assert time.monotonic() < deadline, (a.log_tail(2000), b.log_tail(2000))
         time.sleep(0.3)
     assert (
         a.metric("anomaly_worker_partitions_assigned")

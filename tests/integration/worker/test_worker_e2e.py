@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import requests
 from kafka_helpers import consume_all, produce_json
+from worker_harness import Topics
 from worker_models import sensor_rows
-from worker_process import Topics
 
 from trainer.artifact import load_bundle
 from worker import events as ev

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import requests
 from kafka_helpers import consume_all, produce_json
+from worker_harness import Topics, WorkerProcess
 from worker_models import TrainedModel, publish, sensor_rows
-from worker_process import Topics, WorkerProcess
 
 from trainer.artifact import load_bundle
 
@@ -21,7 +21,7 @@ def wait_for(predicate, what: str, worker: WorkerProcess, timeout_s: float = 30)
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, (
-            f"timed out waiting for {what}:\n{worker.log_text()[-3000:]}"
+            f"timed out waiting for {what}:\n{worker.log_tail(3000)}"
         )
         time.sleep(0.2)
 
@@ -35,7 +35,7 @@ def test_new_version_is_swapped_in_and_other_schema_refused(
     topics: Topics,
     model_dir: Path,
     start_worker,
-    worker_trained: TrainedModel,
+    trained_model: TrainedModel,
     worker_trained_other_schema: TrainedModel,
 ) -> None:
     worker = start_worker(topics, model_dir)
@@ -45,10 +45,10 @@ def test_new_version_is_swapped_in_and_other_schema_refused(
     worker.wait_records(200)
 
     # v2: same schema, a threshold 4x lower -> many more anomalies, named v2
-    publish(model_dir, worker_trained, threshold=worker_trained.threshold / 4)
+    publish(model_dir, trained_model, threshold=trained_model.threshold / 4)
     wait_for(lambda: worker.metric("anomaly_worker_model_info", version="v2") == 1, "v2", worker)
     assert worker.metric("anomaly_worker_model_info", version="v1") == 0
-    assert worker.metric("anomaly_worker_threshold") == pytest.approx(worker_trained.threshold / 4)
+    assert worker.metric("anomaly_worker_threshold") == pytest.approx(trained_model.threshold / 4)
     v2 = load_bundle(model_dir, "v2")
     x2, _ = sensor_rows(200, 6, seed=32, anomaly_rate=0.1)
     placed2 = send_rows(kafka_bootstrap, topics.input, x2)
