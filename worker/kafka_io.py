@@ -26,6 +26,7 @@ from kafka import errors as kerr
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from trainer.kafka_connection import security_kwargs
 from worker.http import HealthState
 from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
@@ -63,23 +64,10 @@ def client_config(s: WorkerSettings) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "bootstrap_servers": [h.strip() for h in s.bootstrap_servers.split(",") if h.strip()],
         "client_id": s.client_id,
-        "security_protocol": s.security_protocol,
         "request_timeout_ms": s.request_timeout_ms,
         "reconnect_backoff_max_ms": 5000,
+        **security_kwargs(s),
     }
-    if s.sasl_mechanism:
-        cfg["sasl_mechanism"] = s.sasl_mechanism
-        cfg["sasl_plain_username"] = s.sasl_username
-        if s.sasl_password is not None:
-            cfg["sasl_plain_password"] = s.sasl_password.get_secret_value()
-    if s.security_protocol in ("SSL", "SASL_SSL"):
-        cfg["ssl_check_hostname"] = s.ssl_check_hostname
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            value = getattr(s, name)
-            if value is not None:
-                cfg[name] = str(value)
-        if s.ssl_password is not None:
-            cfg["ssl_password"] = s.ssl_password.get_secret_value()
     return cfg
 
 
@@ -277,8 +265,13 @@ class AtLeastOnceDelivery:
             return True
         with self._lock:
             self._inflight.append(batch)
-        # settle the oldest batches: those already acknowledged, and (waiting) any beyond the
-        # pipeline's depth
+        self.tick()
+        return True
+
+    def tick(self) -> None:
+        """Settle the batches in flight that are acknowledged (waiting only for those beyond the
+        pipeline's depth) and send a commit when one is due. Called after each batch and each
+        idle poll, so the last batch before a pause is committed too."""
         while True:
             with self._lock:
                 if not self._inflight or (
@@ -288,7 +281,6 @@ class AtLeastOnceDelivery:
                 oldest = self._inflight.popleft()
             self._settle(oldest)
         self._maybe_commit_async()
-        return True
 
     def drain(self) -> None:
         """Settle the batch in flight and commit everything synchronously (before a stop, an
@@ -520,6 +512,9 @@ class TransactionalDelivery:
 
     def drain(self) -> None:
         pass  # every batch's transaction is committed before `deliver` returns
+
+    def tick(self) -> None:
+        pass
 
     def commit_final(self, timeout_ms: int = 3000) -> None:
         pass

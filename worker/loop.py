@@ -117,6 +117,9 @@ class Worker:
                 held = self._collect()
                 if held:
                     self._process(held)
+                else:
+                    assert self.delivery is not None
+                    self.delivery.tick()  # commit the last batch before a pause
                 self._periodic()
             log.info("stopping: last batch done")
             return EXIT_OK

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.errors import ConfigError
+from trainer.kafka_connection import security_problem
 from trainer.model_topic import parse_topic_url
 
 _TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
@@ -149,12 +150,9 @@ class WorkerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
-        if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
-            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
-        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
-            self.sasl_username and self.sasl_password
-        ):
-            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username/password")
+        problem = security_problem(self)
+        if problem:
+            raise ValueError(problem)
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
             raise ValueError(
                 "input_topic, output_topic and dlq_topic must be three different topics"
