@@ -23,7 +23,6 @@ from trainer.kafka_connection import (
     load_connection,
     read_secret_file,
 )
-from trainer.kafka_source import using_connection
 from trainer.report import calibration_basis
 
 PROG = "anomaly-trainer"
@@ -383,13 +382,19 @@ def _err(msg: str) -> None:
 
 
 def _load(
-    source: str, args: argparse.Namespace, *, image_shape: Any = None, min_rows: int | None = 1
+    source: str,
+    args: argparse.Namespace,
+    kafka: KafkaConnection,
+    *,
+    image_shape: Any = None,
+    min_rows: int | None = 1,
 ) -> Any:
     """Load DATA; ``min_rows=None`` keeps the loader's training minimum."""
     from trainer.data import MIN_ROWS, load_dataset
 
     return load_dataset(
         source,
+        kafka=kafka,
         label_column=getattr(args, "label_column", None),
         features=getattr(args, "features", None),
         image_shape=image_shape,
@@ -412,7 +417,7 @@ def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
 
     if args.keep < 1:
         raise ConfigError(f"--keep must be at least 1, got {args.keep}")
-    ds = _load(args.data, args, image_shape=args.image_shape, min_rows=None)
+    ds = _load(args.data, args, kafka, image_shape=args.image_shape, min_rows=None)
     image_shape = args.image_shape or ds.image_shape
     if args.architecture == "conv" and image_shape is None:
         raise ConfigError("--architecture conv needs --image-shape HxW[xC] for this data")
@@ -534,7 +539,7 @@ def cmd_score(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import score_rows, write_scores
 
     bundle = _bundle(args)
-    ds = _load(args.data, args)
+    ds = _load(args.data, args, kafka)
     x = _model_rows(ds, bundle)
     result = score_rows(bundle, x)
     if args.output:
@@ -558,7 +563,7 @@ def cmd_evaluate(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import evaluate_bundle, format_metrics
 
     bundle = _bundle(args)
-    ds = _load(args.data, args)
+    ds = _load(args.data, args, kafka)
     if ds.labels is None:
         raise ConfigError("evaluate needs labels: pass --label-column COL (0 = normal)")
     x = _model_rows(ds, bundle)
@@ -588,7 +593,7 @@ def cmd_encode(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import encode_rows, write_table
 
     bundle = _bundle(args)
-    ds = _load(args.data, args)
+    ds = _load(args.data, args, kafka)
     x = _model_rows(ds, bundle)
     codes, stats = encode_rows(bundle, x)
     write_table(args.output, codes, [f"z{i}" for i in range(codes.shape[1])], ds.ids)
@@ -606,7 +611,7 @@ def cmd_decode(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     bundle = _bundle(args)
     from trainer.data import load_dataset
 
-    ds = load_dataset(args.data, min_rows=1)
+    ds = load_dataset(args.data, min_rows=1, kafka=kafka)
     rows = decode_codes(bundle, ds.x)
     write_table(args.output, rows, bundle.feature_names, ds.ids)
     print(
@@ -628,7 +633,7 @@ def cmd_denoise(args: argparse.Namespace, kafka: KafkaConnection) -> int:
             f"note: {bundle.version} was not trained with --denoise; its reconstructions smooth "
             "records but were not trained to remove noise"
         )
-    ds = _load(args.data, args)
+    ds = _load(args.data, args, kafka)
     x = _model_rows(ds, bundle)
     score_rows(bundle, x[:1])  # validates shape and values with the scoring rules
     cleaned = denoise_rows(bundle, x)
@@ -725,9 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         kafka = _kafka_connection(args)
-        # trainer.data has no parameter for it: kafka:// DATA finds the connection this way.
-        with using_connection(kafka):
-            return int(args.func(args, kafka))
+        return int(args.func(args, kafka))
     except TrainerError as exc:
         _err(f"{PROG} {args.command}: error: {exc}")
         return EXIT_ERROR

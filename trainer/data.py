@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -28,6 +28,9 @@ import pandas as pd
 
 from trainer import builtin_data
 from trainer.errors import DataError
+
+if TYPE_CHECKING:
+    from trainer.kafka_connection import KafkaConnection
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +81,15 @@ def load_dataset(
     features: list[str] | None = None,
     image_shape: tuple[int, ...] | None = None,
     min_rows: int = MIN_ROWS,
+    kafka: KafkaConnection | None = None,
 ) -> Dataset:
     """Load DATA as the trainer's commands take it (see module docstring for the sources).
 
     Features are every numeric column except the label column and an ``id`` column, in source
     order, unless ``features`` picks and orders them. A column named ``label`` is the label
     column unless ``label_column`` names another. ``min_rows`` guards against data too small to
-    train on; pass 1 when only scoring.
+    train on; pass 1 when only scoring. ``kafka`` carries the security settings for
+    ``kafka://`` sources (default: PLAINTEXT).
     """
     if not isinstance(source, str) or not source.strip():
         raise DataError("no data given: pass a file, kafka://HOST:PORT/TOPIC or builtin:NAME")
@@ -96,7 +101,7 @@ def load_dataset(
     if source.startswith("builtin:"):
         raw = _read_builtin(source, label_column)
     elif source.startswith("kafka://"):
-        raw = _read_kafka(source, label_column)
+        raw = _read_kafka(source, label_column, kafka)
     else:
         raw = _read_file(source, label_column)
 
@@ -225,10 +230,10 @@ def _builtin_options(source: str, query: str) -> dict[str, Any]:
     return options
 
 
-def _read_kafka(source: str, label_column: str | None) -> _Table:
+def _read_kafka(source: str, label_column: str | None, kafka: KafkaConnection | None) -> _Table:
     from trainer import kafka_source  # kafka-python only when a topic is read
 
-    read = kafka_source.read_topic(source)
+    read = kafka_source.read_topic(source, kafka)
     return _records_to_table(
         read.records,
         source,

@@ -16,13 +16,10 @@ PLAINTEXT. A wrong password fails like an unreachable broker, within the timeout
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -36,19 +33,6 @@ _POLL_MS = 200
 # The reading thread enforces the timeout itself; this grace only covers a client call stuck
 # inside kafka-python (e.g. a broker vanishing mid-request).
 _WATCHDOG_GRACE_S = 5.0
-# The connection `read_topic` uses when its caller passes none; set by `using_connection` (the
-# CLI), because `trainer.data.load_dataset` has no parameter to carry it (yet).
-_CONNECTION: ContextVar[KafkaConnection | None] = ContextVar("kafka_connection", default=None)
-
-
-@contextlib.contextmanager
-def using_connection(connection: KafkaConnection) -> Iterator[None]:
-    """Reads of ``kafka://`` sources inside the block use ``connection`` (SASL, TLS)."""
-    token = _CONNECTION.set(connection)
-    try:
-        yield
-    finally:
-        _CONNECTION.reset(token)
 
 
 @dataclass(frozen=True)
@@ -153,12 +137,11 @@ def split_quota(available: dict[int, int], max_records: int | None) -> dict[int,
 def read_topic(source: str | KafkaSpec, connection: KafkaConnection | None = None) -> TopicRead:
     """Read the topic as the URL asks; refuse with a one-line `DataError` when it cannot.
 
-    ``connection`` gives the security settings (default: those of `using_connection`, else
-    PLAINTEXT). Runs the read on a helper thread so that even a client call stuck inside
+    ``connection`` gives the security settings (default PLAINTEXT). Runs the read on a helper thread so that even a client call stuck inside
     kafka-python cannot hang the caller past the timeout.
     """
     spec = source if isinstance(source, KafkaSpec) else parse_kafka_url(source)
-    conn = connection or _CONNECTION.get() or PLAINTEXT
+    conn = connection or PLAINTEXT
     outcome: dict[str, Any] = {}
 
     def run() -> None:

@@ -273,7 +273,27 @@ def decode_batch(values: Sequence[bytes | None], spec: FeatureSpec) -> DecodedBa
     ids: list[Any] = []
     index: list[int] = []
     errors: list[tuple[int, DecodeError]] = []
+    n = spec.n_features
+    limit = spec.max_record_bytes
     for i, v in enumerate(values):
+        # Fast path for the common shape {"id": ..., "features": [n numbers]}; anything else
+        # (or anything odd) takes decode_record, which names the problem.
+        if v and len(v) <= limit:
+            try:
+                obj = _fast_loads(v)
+            except ValueError:
+                obj = None
+            if type(obj) is dict:
+                feats = obj.get("features")
+                if (
+                    type(feats) is list
+                    and len(feats) == n
+                    and (n == 0 or type(feats[0]) is not list)
+                ):
+                    ids.append(obj.get("id"))
+                    rows.append(feats)
+                    index.append(i)
+                    continue
         out = decode_record(v, spec, check_values=False)
         if type(out) is tuple:
             ids.append(out[0])
@@ -292,7 +312,6 @@ def decode_batch(values: Sequence[bytes | None], spec: FeatureSpec) -> DecodedBa
             rows = [r for r, k in zip(rows, keep_rows, strict=True) if k]
             ids = [r for r, k in zip(ids, keep_rows, strict=True) if k]
             index = [p for p, k in zip(index, keep_rows, strict=True) if k]
-    n = spec.n_features
     if not rows:
         return DecodedBatch(np.zeros((0, n)), [], [], errors)
     x = np.array(rows, dtype=np.float64)

@@ -12,19 +12,21 @@ records (they are uncommitted, so the new owner reads them).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import errors as kerr
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from trainer.kafka_connection import security_kwargs
 from worker.http import HealthState
 from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
@@ -62,23 +64,10 @@ def client_config(s: WorkerSettings) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "bootstrap_servers": [h.strip() for h in s.bootstrap_servers.split(",") if h.strip()],
         "client_id": s.client_id,
-        "security_protocol": s.security_protocol,
         "request_timeout_ms": s.request_timeout_ms,
         "reconnect_backoff_max_ms": 5000,
+        **security_kwargs(s),
     }
-    if s.sasl_mechanism:
-        cfg["sasl_mechanism"] = s.sasl_mechanism
-        cfg["sasl_plain_username"] = s.sasl_username
-        if s.sasl_password is not None:
-            cfg["sasl_plain_password"] = s.sasl_password.get_secret_value()
-    if s.security_protocol in ("SSL", "SASL_SSL"):
-        cfg["ssl_check_hostname"] = s.ssl_check_hostname
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            value = getattr(s, name)
-            if value is not None:
-                cfg[name] = str(value)
-        if s.ssl_password is not None:
-            cfg["ssl_password"] = s.ssl_password.get_secret_value()
     return cfg
 
 
@@ -117,25 +106,44 @@ def make_producer(s: WorkerSettings) -> KafkaProducer:
     return KafkaProducer(**cfg)
 
 
-class RevocationTracker(ConsumerRebalanceListener):
-    """Records revoked partitions (IO thread); the loop takes them between polls."""
+class RevocationTracker(AsyncConsumerRebalanceListener):
+    """Records revoked partitions for the loop, after letting the delivery settle its batch.
+
+    kafka-python 3 calls listeners on its IO thread, inside the loop's ``poll``. An async listener
+    is awaited there while the IO loop keeps serving requests, so `before_revoke` (set by the
+    loop once the delivery exists) can wait for acknowledgements and await an offset commit:
+    the batch in flight is committed before the partitions move, as the Java client does in
+    ``onPartitionsRevoked``. Blocking calls would raise on that thread.
+    """
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self._lock = threading.Lock()
         self._revoked: set[TopicPartition] = set()
         self._metrics = metrics
+        # awaited with can_commit=True on revocation, False when the membership is already lost
+        self.before_revoke: Callable[[bool], Awaitable[None]] | None = None
+        # monotonic time a rebalance began (revocation) and has not ended (assignment) since
+        self.rebalancing_since: float | None = None
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # called at the start of every join, with an empty set on the first
+        self.rebalancing_since = time.monotonic()
+        if revoked and self.before_revoke is not None:
+            await self.before_revoke(True)
         with self._lock:
             self._revoked.update(revoked)
         if revoked:
             self._metrics.rebalances.inc()
             log.info("partitions revoked", extra={"partitions": _fmt(revoked)})
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.rebalancing_since = None
         log.info("partitions assigned", extra={"partitions": _fmt(assigned)})
 
-    def on_partitions_lost(self, lost: Any) -> None:
+    async def on_partitions_lost(self, lost: Any) -> None:
+        self.rebalancing_since = time.monotonic()
+        if lost and self.before_revoke is not None:
+            await self.before_revoke(False)
         with self._lock:
             self._revoked.update(lost)
         if lost:
@@ -161,10 +169,65 @@ def _backoff(attempt: int) -> float:
 # Seconds without any acknowledgement after which /readyz reports the broker unreachable.
 UNACKED_NOT_READY_S = 3
 COMMIT_TIMEOUT_MS = 3000
+# Batches sent but not yet settled (acknowledged and due for commit) before `deliver` waits.
+MAX_INFLIGHT_BATCHES = 3
+
+
+@dataclass(eq=False)
+class _Batch:
+    """A batch whose records are sent but not yet known to be acknowledged and committed."""
+
+    sent: list[tuple[OutRecord, Any]]  # (record, future or None when send() itself failed)
+    offsets: Offsets
+
+    def acked(self) -> bool:
+        return all(f is not None and f.is_done for _, f in self.sent)
+
+    def failed(self) -> list[OutRecord]:
+        return [o for o, f in self.sent if f is None or f.failed()]
+
+
+def io_loop_sleep(consumer: KafkaConsumer, seconds: float) -> Awaitable[None]:
+    """A pause that an async rebalance listener can await on kafka-python's IO loop.
+
+    kafka-python 3.0 has no public sleep for its loop; its own coroutines await
+    ``_net.sleep`` (the dependency is pinned below 3.1 for this reason, and the rebalance
+    tests exercise this path)."""
+    return consumer._net.sleep(seconds)  # type: ignore[no-any-return]  # noqa: SLF001
+
+
+def restart_orphaned_join(consumer: KafkaConsumer) -> bool:
+    """Work around a kafka-python 3.0.12 bug; True when a stalled join was restarted.
+
+    When a ``poll`` times out while a join the group leader began for a metadata change is in
+    flight, the join completes in the background but nothing applies its assignment: the
+    coordinator's ``need_rejoin()`` turned false as soon as the leader computed the
+    assignment, and only a rejoin loop awaits the result. The member then keeps its partitions
+    marked as being revoked (assigned, never fetched) until the next rebalance. Asking for a
+    rejoin makes the next ``poll`` join again at once. Reads private attributes (the dependency
+    is pinned below 3.1); if they change this does nothing and `Worker._check_rebalance`
+    still rejoins after a timeout.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_join_task", None)
+    if coordinator is None or task is None or not getattr(task, "is_done", False):
+        return False
+    if coordinator.need_rejoin():
+        return False  # the next poll awaits the result itself
+    coordinator.request_rejoin()
+    return True
 
 
 class AtLeastOnceDelivery:
-    """Send, wait for every acknowledgement (retrying failed sends), then commit offsets."""
+    """Send a batch, then commit its offsets once the broker has acknowledged every record.
+
+    Pipelined (the default): `deliver` sends a batch and returns; the previous batch is settled
+    meanwhile (its acknowledgements are usually in by then) and its offsets committed
+    asynchronously, so a batch's round trips overlap the next batch's poll and scoring. At most
+    one batch is ever unsettled, and a rebalance settles it first (see `settle_before_revoke`),
+    so a partition's new owner starts exactly after the last scored record. Not pipelined:
+    each batch is acknowledged and committed synchronously before `deliver` returns.
+    """
 
     def __init__(
         self,
@@ -173,15 +236,64 @@ class AtLeastOnceDelivery:
         metrics: WorkerMetrics,
         health: HealthState,
         should_stop: Callable[[], bool],
-        commit_async: bool = False,
+        pipeline: bool = True,
+        revoke_ack_wait_s: float = 30.0,
     ) -> None:
-        self.commit_async = commit_async
+        self.pipeline = pipeline
         self.producer = producer
         self.consumer = consumer
         self.metrics = metrics
         self.health = health
         self.should_stop = should_stop
+        self.revoke_ack_wait_s = revoke_ack_wait_s
         self._pending_commit: Offsets = {}
+        self._lock = threading.Lock()
+        self._inflight: collections.deque[_Batch] = collections.deque()
+        self._last_commit: Any = None  # kafka Future of the latest asynchronous commit
+        self._commit_due = False  # acknowledged offsets not yet sent in a commit
+
+    # ------------------------------------------------------------------------- loop thread
+    def deliver(self, outs: list[OutRecord], offsets: Offsets) -> bool:
+        """Send a batch's records; settle the batch before it (or this one, not pipelined).
+
+        Always True (a batch whose commit fails is re-read: duplicates, never loss); raises
+        WorkerStopped when a stop is requested while the broker does not acknowledge."""
+        batch = _Batch(self._send_all(outs), offsets)
+        if not self.pipeline:
+            self._settle(batch)
+            self._commit_sync()
+            return True
+        with self._lock:
+            self._inflight.append(batch)
+        self.tick()
+        return True
+
+    def tick(self) -> None:
+        """Settle the batches in flight that are acknowledged (waiting only for those beyond the
+        pipeline's depth) and send a commit when one is due. Called after each batch and each
+        idle poll, so the last batch before a pause is committed too."""
+        while True:
+            with self._lock:
+                if not self._inflight or (
+                    len(self._inflight) <= MAX_INFLIGHT_BATCHES and not self._inflight[0].acked()
+                ):
+                    break
+                oldest = self._inflight.popleft()
+            self._settle(oldest)
+        self._maybe_commit_async()
+
+    def drain(self) -> None:
+        """Settle the batch in flight and commit everything synchronously (before a stop, an
+        unsubscribe, or each batch when not pipelined)."""
+        for batch in self._claim():
+            self._settle(batch)
+        self._commit_sync()
+
+    def _claim(self) -> list[_Batch]:
+        with self._lock:
+            batches = list(self._inflight)
+            self._inflight.clear()
+        return batches
 
     def _send_all(self, outs: list[OutRecord]) -> list[tuple[OutRecord, Any]]:
         futures: list[tuple[OutRecord, Any]] = []
@@ -209,38 +321,49 @@ class AtLeastOnceDelivery:
                 if self.should_stop():
                     raise WorkerStopped() from None
 
-    def deliver(self, outs: list[OutRecord], offsets: Offsets) -> bool:
-        """Wait until every send is acknowledged, then commit the offsets (asynchronously).
-
-        Always True (a batch whose commit fails is re-read: duplicates, never loss); raises
-        WorkerStopped when a stop is requested while the broker does not acknowledge."""
-        pending = outs
+    def _settle(self, batch: _Batch) -> None:
+        """Wait until every record of ``batch`` is acknowledged (re-sending failures); its
+        offsets are then due for the next commit."""
         attempt = 0
-        while pending:
-            sent = self._send_all(pending)
-            self._flush()
-            failed = [o for o, f in sent if f is None or f.failed()]
+        while True:
+            if not batch.acked():
+                self._flush()
+            failed = batch.failed()
             if not failed:
                 break
             self.metrics.produce_errors.inc(len(failed))
             self.health.broker_reachable = False
-            first = next((f.exception for _, f in sent if f is not None and f.failed()), None)
+            first = next((f.exception for _, f in batch.sent if f is not None and f.failed()), None)
             log.warning(
-                "%d of %d sends failed, retrying: %s", len(failed), len(pending), first,
+                "%d of %d sends failed, retrying: %s", len(failed), len(batch.sent), first,
                 extra={"attempt": attempt},
             )  # fmt: skip
             self._sleep(_backoff(attempt))
             attempt += 1
-            pending = failed
-        if outs:
+            batch = _Batch(self._send_all(failed), batch.offsets)
+        if batch.sent:
             self.health.broker_reachable = True
-        # Synchronous by default: the batch is committed before the next poll, where
-        # rebalances happen, so a new owner never re-reads it. commit_async saves a round trip
-        # per batch but a rebalance may then re-deliver the last batch (duplicates, no loss).
-        self._pending_commit.update(offsets)
-        if self.commit_async:
-            self.consumer.commit_async(dict(self._pending_commit), callback=self._on_commit)
-            return True
+        self._pending_commit.update(batch.offsets)
+        self._commit_due = True
+
+    def _maybe_commit_async(self) -> None:
+        """Commit what is due, one commit request at a time (they are cumulative, and kafka-python
+        refuses requests beyond its in-flight limit per connection)."""
+        if not self._commit_due or (
+            self._last_commit is not None and not self._last_commit.is_done
+        ):
+            return
+        self._commit_due = False
+        self._last_commit = self.consumer.commit_async(
+            dict(self._pending_commit), callback=self._on_commit
+        )
+
+    def _commit_sync(self) -> None:
+        assigned = self.consumer.assignment()
+        offsets = {tp: om for tp, om in self._pending_commit.items() if tp in assigned}
+        self._commit_due = False
+        if not offsets:
+            return
         attempt = 0
         while True:
             try:
@@ -248,7 +371,7 @@ class AtLeastOnceDelivery:
                 # worker stuck there during a broker outage would neither beat nor say so
                 self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
                 self.health.broker_reachable = True
-                return True
+                return
             except (
                 kerr.CommitFailedError,
                 kerr.RebalanceInProgressError,
@@ -257,7 +380,7 @@ class AtLeastOnceDelivery:
                 # the group moved on: the partitions' new owner re-reads this batch
                 self.metrics.commit_errors.inc()
                 log.warning("commit refused after a rebalance, batch will be re-read: %s", exc)
-                return True
+                return
             except kerr.KafkaError as exc:
                 self.metrics.commit_errors.inc()
                 self.health.broker_reachable = False
@@ -269,7 +392,8 @@ class AtLeastOnceDelivery:
         # runs on kafka-python's IO thread: record, never block
         if isinstance(response, Exception):
             self.metrics.commit_errors.inc()
-            log.warning("offset commit failed (the batch will be re-read): %s", response)
+            self._commit_due = True  # the next batch's commit carries these offsets again
+            log.warning("offset commit failed (a later commit covers it): %s", response)
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Partitions revoked: their offsets are the new owner's business."""
@@ -277,16 +401,11 @@ class AtLeastOnceDelivery:
             self._pending_commit.pop(tp, None)
 
     def commit_final(self, timeout_ms: int = 3000) -> None:
-        """Synchronous commit of everything delivered (on a clean stop)."""
-        assigned = self.consumer.assignment()
-        offsets = {tp: om for tp, om in self._pending_commit.items() if tp in assigned}
-        if not offsets:
-            return
+        """Settle the batch in flight and commit everything delivered (on a clean stop)."""
         try:
-            self.consumer.commit(offsets, timeout_ms=timeout_ms)
-        except kerr.KafkaError as exc:
-            self.metrics.commit_errors.inc()
-            log.warning("final commit failed, the last batches will be re-read: %s", exc)
+            self.drain()
+        except WorkerStopped:
+            log.warning("stopping with a batch unacknowledged: it will be re-read")
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -295,6 +414,40 @@ class AtLeastOnceDelivery:
             if self.should_stop():
                 raise WorkerStopped()
             time.sleep(min(0.1, end - time.monotonic()) if end > time.monotonic() else 0)
+
+    # --------------------------------------------------------------------------- IO thread
+    async def settle_before_revoke(self, can_commit: bool) -> None:
+        """Inside a rebalance, before partitions move: wait (bounded) for the batch in flight to
+        be acknowledged and commit everything acknowledged, awaiting the commit.
+
+        Runs on kafka-python's IO thread while the loop thread waits in ``poll``, so nothing
+        else touches the delivery. Never raises: a batch that is not acknowledged in time, or a
+        commit that fails, leaves its records to the partitions' next owner (duplicates, no
+        loss; the loop then seeks back to the committed offsets)."""
+        try:
+            deadline = time.monotonic() + self.revoke_ack_wait_s
+            for batch in self._claim():
+                while not batch.acked() and time.monotonic() < deadline:
+                    self.health.beat()
+                    await io_loop_sleep(self.consumer, 0.005)
+                if not batch.acked() or batch.failed():
+                    # later batches cannot be committed either: offsets are cumulative
+                    log.warning(
+                        "a batch in flight was not acknowledged before the rebalance: its "
+                        "partitions' records from there on will be read again"
+                    )
+                    break
+                self._pending_commit.update(batch.offsets)
+            if can_commit and self._pending_commit:
+                # awaited here, so failures surface below rather than in a callback
+                await self.consumer.commit_async(
+                    dict(self._pending_commit), callback=lambda offsets, response: None
+                )
+            elif self._last_commit is not None and not self._last_commit.is_done:
+                await self._last_commit
+        except Exception as exc:  # noqa: BLE001 - a listener must not raise into the rebalance
+            self.metrics.commit_errors.inc()
+            log.warning("commit before the rebalance failed (duplicates possible): %s", exc)
 
     def close(self, timeout_s: float) -> None:
         self.producer.close(timeout=timeout_s)
@@ -356,6 +509,12 @@ class TransactionalDelivery:
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         pass  # offsets travel inside each transaction
+
+    def drain(self) -> None:
+        pass  # every batch's transaction is committed before `deliver` returns
+
+    def tick(self) -> None:
+        pass
 
     def commit_final(self, timeout_ms: int = 3000) -> None:
         pass

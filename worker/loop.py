@@ -34,6 +34,7 @@ from worker.kafka_io import (
     WorkerStopped,
     make_consumer,
     make_producer,
+    restart_orphaned_join,
 )
 from worker.metrics import RecentWindow, WorkerMetrics, population_stability_index
 from worker.reload import ModelWatcher
@@ -48,6 +49,10 @@ EXIT_ERROR = 1
 REBALANCE_POLL_MS = 1000
 # with no partition for this long although the topic has some, rejoin (a bounded number of times)
 UNASSIGNED_REJOIN_S = 10.0
+# reading a partition's committed offset after it came back in a rebalance
+COMMITTED_TIMEOUT_MS = 5000
+# a rebalance begun (partitions revoked) but not ended for this long is taken as stuck
+REBALANCE_STUCK_S = 10.0
 
 
 class Worker:
@@ -75,6 +80,8 @@ class Worker:
         self._spec: FeatureSpec | None = None
         self._calibration_counts: np.ndarray | None = None
         self._positions: dict[TopicPartition, int] = {}
+        # partitions revoked and not yet re-positioned: lowest offset dropped (or None)
+        self._reseek: dict[TopicPartition, int | None] = {}
         self._lag_labels: set[TopicPartition] = set()
         self._next_lag = 0.0
         self._next_stats = 0.0
@@ -110,6 +117,9 @@ class Worker:
                 held = self._collect()
                 if held:
                     self._process(held)
+                else:
+                    assert self.delivery is not None
+                    self.delivery.tick()  # commit the last batch before a pause
                 self._periodic()
             log.info("stopping: last batch done")
             return EXIT_OK
@@ -157,8 +167,9 @@ class Worker:
                         self.metrics,
                         self.health,
                         stop,
-                        commit_async=self.s.commit_async,
+                        pipeline=self.s.pipeline,
                     )
+                    self.tracker.before_revoke = self.delivery.settle_before_revoke
                 self.health.broker_reachable = True
                 log.info(
                     "connected",
@@ -233,8 +244,37 @@ class Worker:
                 self.s.input_topic,
                 state,
             )
-            self.consumer.unsubscribe()
-            self.consumer.subscribe([self.s.input_topic], listener=self.tracker)
+            self._rejoin()
+
+    def _check_rebalance(self) -> None:
+        """Rejoin when a rebalance began long ago and never ended.
+
+        kafka-python 3.0.12: when a poll gives up on a join that the group leader started for
+        a metadata change, the join completes in the background but its assignment is never
+        applied (the coordinator no longer thinks it needs to rejoin, so nothing awaits the
+        result). The member then keeps its partitions marked as being revoked: assigned, never
+        fetched, while the group believes it owns them. Leaving and joining again ends that."""
+        since = self.tracker.rebalancing_since
+        if since is None:
+            return
+        if time.monotonic() - since < max(REBALANCE_STUCK_S, self.s.session_timeout_ms / 1000):
+            return
+        log.warning(
+            "a rebalance began %.0fs ago and never completed: rejoining the group",
+            time.monotonic() - since,
+        )
+        self._rejoin()
+
+    def _rejoin(self) -> None:
+        """Leave the group and join again (settling the batches in flight first)."""
+        assert self.delivery is not None
+        self.delivery.drain()  # unsubscribing leaves the group without calling the listener
+        self.delivery.forget(set(self.consumer.assignment()))
+        self.consumer.unsubscribe()
+        self._reseek.clear()  # a new subscription starts every partition at its committed offset
+        self._positions.clear()
+        self.tracker.rebalancing_since = time.monotonic()
+        self.consumer.subscribe([self.s.input_topic], listener=self.tracker)
 
     def _close(self) -> None:
         self.health.stopping = True
@@ -294,10 +334,10 @@ class Worker:
         deadline = time.monotonic() + self.s.batch_max_wait_ms / 1000.0
         while True:
             timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self.consumer.assignment():
-                # Nothing to fetch: let poll run long enough to finish a JoinGroup/SyncGroup
-                # round. With very short polls kafka-python 3.0 can give up on an in-flight
-                # SyncGroup and then believe it is stable with no partitions.
+            if not self.consumer.assignment() or self.tracker.rebalancing_since is not None:
+                # Let poll run long enough to finish a JoinGroup/SyncGroup round: kafka-python
+                # 3.0 can leave a join that a short poll gave up on unfinished for good (the
+                # partitions stay assigned but are never fetched again; see _check_rebalance).
                 timeout_ms = max(timeout_ms, REBALANCE_POLL_MS)
             try:
                 polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit - count)
@@ -309,6 +349,10 @@ class Worker:
             revoked = self.tracker.take()
             if revoked:
                 count -= self._release(revoked, held, polled)
+            if self.tracker.rebalancing_since is not None and restart_orphaned_join(self.consumer):
+                log.warning("a join finished after poll gave up on it was never applied: rejoining")
+            if self._reseek:
+                self._reposition(polled)
             for tp, recs in polled.items():
                 held.setdefault(tp, []).extend(recs)
                 count += len(recs)
@@ -326,23 +370,57 @@ class Worker:
 
         They are uncommitted, so whoever owns the partition next reads them again from the
         committed offset. When that owner is this consumer (revoked and assigned back in one
-        rebalance), kafka-python keeps the old fetch position, past the dropped records: seek
-        back to the first of them, or they would be skipped and later covered by a commit.
+        rebalance), kafka-python keeps its old fetch position, past the dropped records (and
+        past a batch the rebalance could not commit): such partitions are sent back to the
+        committed offset once the rebalance is over (`_reposition`).
         """
-        assigned = self.consumer.assignment()
         n_held = 0
         for tp in revoked:
             dropped = held.pop(tp, None) or []
             n_held += len(dropped)
             fresh = polled.pop(tp, None) or []
+            lowest = self._reseek.get(tp)
             if dropped or fresh:
                 self.metrics.dropped_revoked.inc(len(dropped) + len(fresh))
-                if tp in assigned:
-                    self.consumer.seek(tp, min(r.offset for r in (*dropped, *fresh)))
+                first = min(r.offset for r in (*dropped, *fresh))
+                lowest = first if lowest is None else min(lowest, first)
+            self._reseek[tp] = lowest
             self._positions.pop(tp, None)
         if self.delivery is not None:
             self.delivery.forget(revoked)
         return n_held
+
+    def _reposition(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Once a rebalance is over, resume the partitions that came back where their committed
+        offset says, as a fresh owner would. Records fetched before that, from the old
+        position, are dropped (the seek reads them again)."""
+        for tp in self._reseek.keys() & polled.keys():
+            self.metrics.dropped_revoked.inc(len(polled.pop(tp)))
+        if self.tracker.rebalancing_since is not None:
+            return
+        assigned = self.consumer.assignment()
+        for tp, lowest in self._reseek.items():
+            if tp in assigned:
+                self._seek_committed(tp, lowest)
+        self._reseek.clear()
+
+    def _seek_committed(self, tp: TopicPartition, lowest_dropped: int | None) -> None:
+        """Resume ``tp`` where its committed offset says, as a fresh owner would."""
+        try:
+            committed = self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
+        except (kerr.KafkaError, AssertionError) as exc:
+            # cannot ask the group: the dropped records are certainly uncommitted, so at least
+            # go back to them
+            log.warning("cannot read the committed offset of %s (%s)", tp, exc)
+            if lowest_dropped is not None:
+                self.consumer.seek(tp, lowest_dropped)
+            return
+        if committed is not None:
+            self.consumer.seek(tp, committed)
+        elif self.s.auto_offset_reset == "earliest":
+            self.consumer.seek_to_beginning(tp)
+        elif lowest_dropped is not None:
+            self.consumer.seek(tp, lowest_dropped)
 
     def _process(self, held: dict[TopicPartition, list[Any]]) -> None:
         t0 = time.perf_counter()
@@ -478,6 +556,7 @@ class Worker:
         self.health.partitions = n_assigned
         self.metrics.partitions_assigned.set(n_assigned)
         self._check_assignment(n_assigned)
+        self._check_rebalance()
         ready, _ = self.health.ready()
         self.metrics.ready.set(1 if ready else 0)
 

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.errors import ConfigError
+from trainer.kafka_connection import security_problem
 from trainer.model_topic import parse_topic_url
 
 _TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
@@ -59,10 +60,12 @@ class WorkerSettings(BaseSettings):
         description="exactly_once only; default '<group>-<hostname>' so that a restarted replica"
         " fences and aborts its predecessor's open transaction at once",
     )
-    commit_async: bool = Field(
-        False,
-        description="at_least_once: commit offsets without waiting (faster); a rebalance may then"
-        " re-deliver the last batch",
+    pipeline: bool = Field(
+        True,
+        description="at_least_once: send a batch's events and go on with the next batch while the"
+        " broker acknowledges them; offsets are still committed only after every acknowledgement,"
+        " and before partitions move in a rebalance. false = each batch waits for its"
+        " acknowledgements and a synchronous commit (slower)",
     )
     transaction_timeout_ms: int = Field(30000, ge=1000)
     session_timeout_ms: int = Field(10000, ge=1000)
@@ -147,12 +150,9 @@ class WorkerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
-        if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
-            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
-        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
-            self.sasl_username and self.sasl_password
-        ):
-            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username/password")
+        problem = security_problem(self)
+        if problem:
+            raise ValueError(problem)
         if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
             raise ValueError(
                 "input_topic, output_topic and dlq_topic must be three different topics"
