@@ -9,7 +9,9 @@ Same broker (its own local Kafka), same topic of 20-feature JSON records, same r
       a small sample, the rate extrapolated).
 
 Then the end-to-end latency (record timestamp -> event on the output topic) at about half of
-(b)'s rate with ``ANOMALY_BATCH_MAX_WAIT_MS=100``, from a paced producer.
+(b)'s rate with ``ANOMALY_BATCH_MAX_WAIT_MS=100``, fed by Kafka's own paced producer
+(``ProducerPerformance`` from kafka-tools, in its own JVM; ``--latency-producer python`` for a
+kafka-python producer in this process, which costs most of a CPU at these rates).
 
     python benchmarks/throughput.py                 # 200,000 records, markdown table on stdout
     python benchmarks/throughput.py --quick         # 30,000 records, shorter latency run
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -41,7 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))  # kafka_helpers: LocalKafka and topic h
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import requests  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.consumer.subscription_state import ConsumerRebalanceListener  # noqa: E402
 from kafka_helpers import LocalKafka, create_topic, free_port, unique_name  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -346,8 +349,6 @@ def stop_profile(proc: subprocess.Popen) -> None:
 
 def summarize_profile(path: Path, top: int = 25) -> list[tuple[str, float]]:
     """Inclusive share of CPU samples per function (worker, trainer, kafka, json, numpy...)."""
-    import re
-
     inclusive: dict[str, int] = {}
     total = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -408,9 +409,23 @@ def predict_per_message(bootstrap: str, topic: str, model_dir: Path, sample: int
 
 
 # ------------------------------------------------------------------------------ latency run
-def paced_produce(bootstrap: str, topic: str, values: list[bytes], rate: float) -> float:
-    """Send at ``rate`` records/s in 10 ms slices; returns the achieved rate."""
+TOOLS_CLASSPATH = f"{REPO}/deploy/local/lib/*:{REPO}/deploy/local/lib/tools/*"
+KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
+
+
+@dataclass
+class Feed:
+    """What a paced producer did: records sent, its own rate and CPU time (None if unknown)."""
+
+    sent: int
+    rate: float
+    cpu_s: float | None = None
+
+
+def paced_produce(bootstrap: str, topic: str, values: list[bytes], rate: float) -> Feed:
+    """kafka-python in this process, sending at ``rate`` records/s in 10 ms slices."""
     producer = make_producer(bootstrap, linger_ms=5)
+    cpu0 = time.process_time()
     t0 = time.monotonic()
     sent = 0
     while sent < len(values):
@@ -422,11 +437,99 @@ def paced_produce(bootstrap: str, topic: str, values: list[bytes], rate: float) 
     producer.flush()
     achieved = len(values) / (time.monotonic() - t0)
     producer.close()
-    return achieved
+    # process_time() counts the whole benchmark process (also the Worker's sampler thread).
+    return Feed(sent, achieved, time.process_time() - cpu0)
 
 
-def event_latencies(bootstrap: str, topic: str, timeout_s: float = 30) -> np.ndarray:
-    """Seconds from each source record's timestamp to its event's (producer) timestamp."""
+def java_paced_produce(
+    bootstrap: str, topic: str, payloads: list[bytes], n: int, rate: float, work: Path
+) -> Feed:
+    """Kafka's ``ProducerPerformance`` (kafka-tools, same version as the broker) in its own JVM.
+
+    Sends ``n`` records at ``rate`` records/s, each value drawn at random from ``payloads`` (no
+    key, so the producer's sticky partitioner spreads batches over the partitions). The tool
+    sends ``ProducerRecord(topic, value)`` without a timestamp: the producer stamps each record
+    with the wall clock at ``send()`` (CreateTime), which is what the latency is measured from.
+    """
+    subprocess.run([str(KAFKA_SH), "fetch"], check=True)  # lib/tools: no-op once fetched
+    payload_file = work / f"{topic}.payloads"
+    payload_file.write_bytes(b"\n".join(payloads) + b"\n")  # one JSON record a line
+    java = (
+        str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if "JAVA_HOME" in os.environ else "java"
+    )
+    cmd = [
+        # C1 only: ~1 CPU-second less JIT work at start, same pace (~2.5 us CPU a record)
+        java, "-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        "-Djava.awt.headless=true",
+        "-cp", TOOLS_CLASSPATH, "org.apache.kafka.tools.ProducerPerformance",
+        "--topic", topic, "--num-records", str(n), "--throughput", str(round(rate)),
+        "--payload-file", str(payload_file),
+        "--producer-props", f"bootstrap.servers={bootstrap}", "acks=1", "linger.ms=5",
+        "batch.size=65536",
+    ]  # fmt: skip
+    log = work / f"{topic}.producer.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120 + 3 * n / max(rate, 1.0)
+        while True:
+            # wait4: the child's own CPU time (rusage), not just its exit status
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise SystemExit(f"ProducerPerformance did not finish in time; see {log}")
+            time.sleep(0.1)
+    text = log.read_text(errors="replace")
+    # Last line: "N records sent, R records/sec (M MB/sec), ... ms avg latency, ..." (whole run)
+    summary = re.findall(r"^(\d+) records sent, ([\d.]+) records/sec", text, re.MULTILINE)
+    if proc.returncode != 0 or not summary:
+        raise SystemExit(f"ProducerPerformance failed ({proc.returncode}):\n{text[-3000:]}")
+    sent, achieved = summary[-1]
+    return Feed(int(sent), float(achieved), usage.ru_utime + usage.ru_stime)
+
+
+def input_window(bootstrap: str, topic: str, warmup_s: float) -> tuple[float, int, float]:
+    """The measured part of the input topic: records after the feed's first ``warmup_s``.
+
+    Returns (window start as a record timestamp in ms, records in the window, their rate per
+    second from the window start to the last record's timestamp). Also checks that the records
+    carry CreateTime (the producer's send time), which the latency is computed from.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        ends = consumer.end_offsets(tps)
+        firsts = [o for o in consumer.offsets_for_times({tp: 0 for tp in tps}).values() if o]
+        start_ms = min(o.timestamp for o in firsts) + warmup_s * 1000
+        at_start = consumer.offsets_for_times({tp: int(start_ms) for tp in tps})
+        counted = sum(ends[tp] - (at_start[tp].offset if at_start[tp] else ends[tp]) for tp in tps)
+        last_ms = start_ms
+        consumer.assign([tp for tp in tps if ends[tp] > 0])
+        for tp in consumer.assignment():
+            consumer.seek(tp, ends[tp] - 1)
+        pending = set(consumer.assignment())
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for tp, recs in consumer.poll(timeout_ms=500).items():
+                for r in recs:
+                    if r.timestamp_type != 0:
+                        raise SystemExit(f"{topic}: records carry LogAppendTime, not CreateTime")
+                    last_ms = max(last_ms, r.timestamp)
+                pending.discard(tp)
+    finally:
+        consumer.close()
+    return start_ms, counted, counted / max((last_ms - start_ms) / 1000.0, 1e-3)
+
+
+def event_latencies(
+    bootstrap: str, topic: str, since_ms: float = 0.0, timeout_s: float = 30
+) -> np.ndarray:
+    """Seconds from each source record's timestamp to its event's (producer) timestamp.
+
+    Only events of source records stamped at or after ``since_ms``."""
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
         consumer_timeout_ms=3000,
@@ -436,7 +539,8 @@ def event_latencies(bootstrap: str, topic: str, timeout_s: float = 30) -> np.nda
     try:
         for r in consumer:
             src = json.loads(r.value)["source"]["timestamp_ms"]
-            out.append((r.timestamp - src) / 1000.0)
+            if src >= since_ms:
+                out.append((r.timestamp - src) / 1000.0)
             if time.monotonic() > deadline:
                 break
     finally:
@@ -462,29 +566,50 @@ def histogram_quantile(m: dict, name: str, q: float) -> float:
 
 
 def latency_run(
-    bootstrap: str, model_dir: Path, rate: float, seconds: float, log: Path
-) -> dict[str, float]:
+    bootstrap: str,
+    model_dir: Path,
+    rate: float,
+    seconds: float,
+    log: Path,
+    producer: str = "java",
+    warmup_s: float = 3.0,
+) -> dict[str, float | str]:
+    """A fresh worker fed at ``rate`` records/s for ``warmup_s + seconds``.
+
+    The figures count the source records sent after the feed's first ``warmup_s`` (the JVM's
+    JIT warm-up, the worker's first fetches), except the worker's histogram (all records)."""
     topic = unique_name("bench-latency")
     create_topic(bootstrap, topic, partitions=PARTITIONS)
     create_topic(bootstrap, f"{topic}-out")
     create_topic(bootstrap, f"{topic}-dlq")
-    n = int(rate * seconds)
-    values = encode_records(sensor_matrix(n, seed=3), start=0)
+    n = int(rate * (seconds + warmup_s))
     env = worker_env(bootstrap, topic, model_dir, BATCH_MAX_WAIT_MS=100)
     w, _ = start_worker(env, log)
     try:
-        achieved = paced_produce(bootstrap, topic, values, rate)
-        w.wait_counted(n, timeout_s=60)
+        if producer == "java":
+            payloads = encode_records(sensor_matrix(5000, seed=3), start=0)
+            feed = java_paced_produce(bootstrap, topic, payloads, n, rate, log.parent)
+        else:
+            values = encode_records(sensor_matrix(n, seed=3), start=0)
+            feed = paced_produce(bootstrap, topic, values, rate)
+        w.wait_counted(feed.sent, timeout_s=60)
         m = w.metrics()
-        lat = event_latencies(bootstrap, f"{topic}-out")
+        start_ms, counted, achieved = input_window(bootstrap, topic, warmup_s)
+        lat = event_latencies(bootstrap, f"{topic}-out", since_ms=start_ms)
         peak = w.peak_rss / 2**20
         peak_uss = w.peak_uss / 2**20
     finally:
         w.stop()
     name = "anomaly_worker_end_to_end_latency_seconds"
     return {
+        "producer": producer,
         "target_rate": rate,
         "achieved_rate": achieved,
+        "measured_records": float(counted),
+        "warmup_s": warmup_s,
+        "producer_sent": float(feed.sent),
+        "producer_rate": feed.rate,
+        "producer_cpu_s": feed.cpu_s if feed.cpu_s is not None else float("nan"),
         "events": float(lat.size),
         "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else float("nan"),
         "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan"),
@@ -501,7 +626,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=200_000, help="records in the shared topic")
     ap.add_argument("--quick", action="store_true", help="30,000 records, 10 s latency run")
     ap.add_argument("--predict-sample", type=int, default=300, help="records for (c)")
-    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument(
+        "--latency-seconds", type=float, default=20.0, help="measured part of each latency run"
+    )
+    ap.add_argument(
+        "--latency-warmup-seconds",
+        type=float,
+        default=3.0,
+        help="feed this long before the measured part (not counted; default 3)",
+    )
+    ap.add_argument(
+        "--latency-producer",
+        choices=("java", "python"),
+        default="java",
+        help="paced feed of the latency runs: Kafka's ProducerPerformance in its own JVM (default)"
+        " or kafka-python in the benchmark process",
+    )
     ap.add_argument(
         "--latency-loads",
         default="0.5",
@@ -554,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         for share in (float(v) for v in args.latency_loads.split(",")):
             lat = latency_run(
                 broker.bootstrap, model_dir, b.rate * share, args.latency_seconds,
-                work / f"worker-lat-{share}.log",
+                work / f"worker-lat-{share}.log", args.latency_producer,
+                args.latency_warmup_seconds,
             )  # fmt: skip
             lat["load"] = share
             lats.append(lat)
@@ -583,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict_sample": args.predict_sample,
         "peak_rss_mb": peak,
         "peak_uss_mb": peak_uss,
+        "latency_producer": args.latency_producer,
         "latency": lats,
         "worker_metrics": b.metrics,
         "profile": b.profile,
@@ -592,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
     return 0
+
+
+FEEDS = {"java": "ProducerPerformance (JVM)", "python": "kafka-python in the benchmark"}
 
 
 def _ok(ok: bool) -> str:
@@ -609,6 +754,7 @@ def markdown(f: dict) -> str:
         ("b/c", f"{f['b_over_c']:,.0f}", TARGETS["b/c"], _ok(f["b_over_c"] >= 1000)),
         *[row for lat in f["latency"] for row in (
             (f"latency p50 / p99 at {lat['load']:.0%} load, {lat['achieved_rate']:,.0f} records/s"
+             f" from {FEEDS.get(lat.get('producer', 'python'), '?')}"
              f" (record timestamp -> event, {lat['events']:.0f} events)",
              f"{lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} ms",
              TARGETS["p99"] if lat["load"] == 0.5 else "",

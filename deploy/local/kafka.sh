@@ -2,7 +2,8 @@
 # A real single-node Apache Kafka (KRaft, broker + controller in one JVM) for development, tests
 # and the demo. The broker jars come from Maven Central through deploy/local/pom.xml.
 #
-#   deploy/local/kafka.sh fetch    download the pinned broker jars into deploy/local/lib (idempotent)
+#   deploy/local/kafka.sh fetch    download the pinned broker jars into deploy/local/lib and Kafka's
+#                                  tools jar into deploy/local/lib/tools (idempotent)
 #   deploy/local/kafka.sh start    format storage if needed, start in the background, wait until it answers
 #   deploy/local/kafka.sh stop     SIGTERM, wait for exit, SIGKILL if it does not stop in time
 #   deploy/local/kafka.sh status   "running" (exit 0) or "stopped" (exit 3)
@@ -66,6 +67,14 @@ cmd_fetch() {
         cat "$out" >&2
         rm -rf "$LIB" "$out"
         die "Maven could not fetch the broker jars"
+    fi
+    # Kafka's tools (ProducerPerformance for the benchmarks) in lib/tools: not on the broker's
+    # classpath (lib/*); a tool runs with "lib/*:lib/tools/*".
+    if ! mvn -B -q -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies@tools \
+        -DoutputDirectory="$LIB/tools" >"$out" 2>&1; then
+        cat "$out" >&2
+        rm -rf "$LIB" "$out"
+        die "Maven could not fetch the kafka-tools jar"
     fi
     rm -f "$out"
     touch "$stamp"
