@@ -84,7 +84,22 @@ def security_kwargs(s: SecurityFields) -> dict[str, Any]:
     return cfg
 
 
-class KafkaConnection(BaseSettings):
+class KafkaSecurity(BaseSettings):
+    """The security fields of a Kafka client, declared once for the trainer's `KafkaConnection`
+    and the worker's settings (both read them from ``ANOMALY_*``)."""
+
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+
+class KafkaConnection(KafkaSecurity):
     """The trainer's Kafka security settings (env prefix ``ANOMALY_``, the worker's names).
 
     The default is PLAINTEXT with nothing else: a local or Compose broker needs no settings.
@@ -97,16 +112,6 @@ class KafkaConnection(BaseSettings):
         extra="ignore",  # the worker's other ANOMALY_* settings share the environment
         frozen=True,
     )
-
-    security_protocol: SecurityProtocol = "PLAINTEXT"
-    sasl_mechanism: SaslMechanism | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None
-    ssl_check_hostname: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> KafkaConnection:

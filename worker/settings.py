@@ -14,17 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from trainer.errors import ConfigError
-from trainer.kafka_connection import security_problem
+from trainer.kafka_connection import KafkaSecurity, security_problem
 from trainer.model_topic import parse_topic_url
 
 _TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(KafkaSecurity):
     """Everything `anomaly-worker` can be configured with (env prefix ``ANOMALY_``)."""
 
     model_config = SettingsConfigDict(
@@ -76,16 +76,7 @@ class WorkerSettings(BaseSettings):
     request_timeout_ms: int = Field(15000, ge=1000)
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
 
-    # --- security (real clusters) --------------------------------------------------------------
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None
-    ssl_check_hostname: bool = True
+    # --- security (real clusters): the fields of KafkaSecurity, shared with the trainer ----------
 
     # --- model ---------------------------------------------------------------------------------
     model_dir: Path = Field(
