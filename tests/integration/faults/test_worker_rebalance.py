@@ -87,11 +87,12 @@ def test_metrics_count_each_record_once_across_two_workers(
     stream.join()
     wait_all_committed(kafka_bootstrap, topics, [a, b])
     acc = account(kafka_bootstrap, topics, stream, bundle)
-    # Usually both workers score records. kafka-python 3.0 sometimes leaves one member with a
-    # stale assignment after a rebalance race (open bug, see the README's known gaps); the group
-    # then gives its partitions to the other worker. The sum must be exact either way.
     print(json.dumps({"worker_a": a.records_total(), "worker_b": b.records_total()}))
     assert_counts_match(sum_counts([a, b]), acc, len(x))
+    # Both share the work: a member left holding partitions it never fetches (kafka-python
+    # 3.0.12's unapplied join, worked around in worker.kafka_io.restart_orphaned_join) would
+    # leave one of them at zero.
+    assert a.records_total() > 0 and b.records_total() > 0
     assert a.terminate()[0] == 0
     assert b.terminate()[0] == 0
 
