@@ -7,8 +7,6 @@ events name the version that scored each record and show exactly when the swap h
 from __future__ import annotations
 
 import json
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,14 +16,9 @@ import numpy as np
 import pytest
 import requests
 from kafka import KafkaProducer
-from kafka_helpers import consume_all, create_topic, produce_json, unique_name
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "worker"))
-sys.path.insert(0, str(HERE.parent / "unit" / "worker"))
-
-from worker_models import TrainedModel, publish, sensor_rows, train_model  # noqa: E402
-from worker_process import Topics, WorkerProcess  # noqa: E402
+from kafka_helpers import consume_all, produce_json, unique_name
+from worker_harness import Topics, WorkerFactory, WorkerProcess, make_topics
+from worker_models import TrainedModel, publish, sensor_rows, train_model
 
 from trainer.artifact import VERSIONS_DIR, read_manifest  # noqa: E402
 from trainer.model_topic import (  # noqa: E402
@@ -39,7 +32,6 @@ from trainer.model_topic import (  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-REPO = HERE.parents[1]
 N_FEATURES = 6
 
 
@@ -58,48 +50,21 @@ def trainer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def topics(kafka_bootstrap: str, topic_name: str) -> Topics:
-    t = Topics(topic_name, f"{topic_name}-out", f"{topic_name}-dlq", unique_name("grp"))
-    create_topic(kafka_bootstrap, t.input, partitions=3)
-    create_topic(kafka_bootstrap, t.output, partitions=1)
-    create_topic(kafka_bootstrap, t.dlq, partitions=1)
-    return t
+    return make_topics(kafka_bootstrap, topic_name, partitions=3)
 
 
 @pytest.fixture
 def start_worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """``start_worker(topics, model_topic, cache_dir)``: a worker with no model but the topic."""
-    started: list[WorkerProcess] = []
+    factory = WorkerFactory(kafka_bootstrap, tmp_path)
 
     def start(topics: Topics, model_topic: str, cache_dir: Path) -> WorkerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_")}
-        env.update(
-            {
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-                "PYTHONPATH": str(REPO),
-                "ANOMALY_BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "ANOMALY_INPUT_TOPIC": topics.input,
-                "ANOMALY_OUTPUT_TOPIC": topics.output,
-                "ANOMALY_DLQ_TOPIC": topics.dlq,
-                "ANOMALY_GROUP_ID": topics.group,
-                "ANOMALY_MODEL_DIR": str(cache_dir),
-                "ANOMALY_MODEL_TOPIC": model_topic,
-                "ANOMALY_METRICS_HOST": "127.0.0.1",
-                "ANOMALY_METRICS_PORT": "0",
-                "ANOMALY_LOG_FORMAT": "json",
-                "ANOMALY_MODEL_POLL_INTERVAL_S": "0.5",
-                "ANOMALY_LAG_REFRESH_S": "1",
-                "ANOMALY_BATCH_MAX_WAIT_MS": "50",
-                "ANOMALY_BATCH_MAX_RECORDS": "100",
-            }
-        )
-        w = WorkerProcess(cache_dir.parent / f"worker-{len(started)}.log", env, [])
-        started.append(w)
+        w = factory.start(topics, cache_dir, MODEL_TOPIC=model_topic, BATCH_MAX_RECORDS=100)
         w.wait_port()
         return w
 
     yield start
-    for w in started:
-        w.close()
+    factory.close()
 
 
 def wait_for(
