@@ -4,8 +4,9 @@
 variables as the worker (and ``.env``), with command-line flags on top, and handed to the Kafka
 source and the model-topic functions. The brokers themselves come from each ``kafka://`` URL.
 
-`security_problem` and `security_kwargs` take any object with the security fields, so the worker's
-settings can use them as they are. This module imports no training code and no kafka-python.
+`KafkaSecurity` declares the security fields once; the worker's settings inherit them, so
+`security_problem` and `security_kwargs` serve both. This module imports no training code and
+no kafka-python.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,30 +28,7 @@ SSL_FILE_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
 _PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-class SecurityFields(Protocol):
-    """The security fields `KafkaConnection` and the worker's settings both have."""
-
-    @property
-    def security_protocol(self) -> str: ...
-    @property
-    def sasl_mechanism(self) -> str | None: ...
-    @property
-    def sasl_username(self) -> str | None: ...
-    @property
-    def sasl_password(self) -> SecretStr | None: ...
-    @property
-    def ssl_cafile(self) -> Path | None: ...
-    @property
-    def ssl_certfile(self) -> Path | None: ...
-    @property
-    def ssl_keyfile(self) -> Path | None: ...
-    @property
-    def ssl_password(self) -> SecretStr | None: ...
-    @property
-    def ssl_check_hostname(self) -> bool: ...
-
-
-def security_problem(s: SecurityFields) -> str | None:
+def security_problem(s: KafkaSecurity) -> str | None:
     """Why these settings cannot connect (one line), or None when they are consistent."""
     if s.sasl_mechanism and not s.security_protocol.startswith("SASL"):
         return "sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL"
@@ -64,7 +42,7 @@ def security_problem(s: SecurityFields) -> str | None:
     return None
 
 
-def security_kwargs(s: SecurityFields) -> dict[str, Any]:
+def security_kwargs(s: KafkaSecurity) -> dict[str, Any]:
     """kafka-python keyword arguments for these settings (the same for consumer, producer and
     admin client). TLS options are only passed with an SSL protocol, where they mean something."""
     cfg: dict[str, Any] = {"security_protocol": s.security_protocol}
