@@ -400,7 +400,7 @@ class AtLeastOnceDelivery:
         for tp in partitions:
             self._pending_commit.pop(tp, None)
 
-    def commit_final(self, timeout_ms: int = 3000) -> None:
+    def commit_final(self) -> None:
         """Settle the batch in flight and commit everything delivered (on a clean stop)."""
         try:
             self.drain()
@@ -516,7 +516,7 @@ class TransactionalDelivery:
     def tick(self) -> None:
         pass
 
-    def commit_final(self, timeout_ms: int = 3000) -> None:
+    def commit_final(self) -> None:
         pass
 
     def _abort(self) -> None:
