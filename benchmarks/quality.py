@@ -6,7 +6,8 @@ IsolationForest is fitted on the same normal rows the trainer learns from (its t
 rows: a little more than the autoencoder's gradient steps see) and thresholded by the same rule on
 the same rows: the 99th percentile of scores on the trainer's calibration rows, which neither model
 saw, or, where the trainer cross-fits its threshold (fewer than 2,000 normal rows), the 99th
-percentile of out-of-fold scores of all normal rows over the trainer's folds (one forest per fold).
+percentile of out-of-fold scores of all normal rows over the trainer's folds (one forest per fold),
+in both cases leaving out scores beyond the far-out fence of their logs (`trainer.fit.outlier_fence`).
 Both are scored on the same test rows and F1 is computed the same way (anomaly = positive).
 Each set is repeated over several random splits; the table gives mean ± standard deviation, the
 share of test normals flagged (FPR, the target is 1 %) and the F1 of flagging every test row: on
@@ -36,12 +37,14 @@ import numpy as np  # noqa: E402
 from sklearn.ensemble import IsolationForest  # noqa: E402
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
+from trainer.artifact import calibrate  # noqa: E402
 from trainer.fit import (  # noqa: E402
     CROSS_FIT_FOLDS,
     FitOptions,
     calibration_method,
     cross_fit_folds,
     fit_model,
+    outlier_fence,
     reconstruction_errors,
     split_normal_rows,
 )
@@ -132,7 +135,8 @@ def run_case(case: Case, seed: int, options: FitOptions) -> Result:
 
     # IsolationForest: same training rows (train + validation), same threshold rule: the
     # percentile of the calibration rows' scores, or, where the trainer cross-fits, of the
-    # out-of-fold scores of all normal rows over the trainer's folds.
+    # out-of-fold scores of all normal rows over the trainer's folds; scores beyond the far-out
+    # fence left out in both cases.
     tr, va, cal = split_normal_rows(
         len(fit_rows), opts.validation_split, opts.calibration_split, seed
     )
@@ -146,7 +150,10 @@ def run_case(case: Case, seed: int, options: FitOptions) -> Result:
     else:
         cal_scores = -forest.score_samples(case.x[fit_rows[cal]])
     if_scores = -forest.score_samples(case.x[test])
-    if_pred = if_scores > np.percentile(cal_scores, opts.percentile)
+    if_threshold, _ = calibrate(
+        cal_scores, opts.percentile, fence=outlier_fence(cal_scores, opts.outlier_fence)
+    )
+    if_pred = if_scores > if_threshold
     return Result(
         ae_auc=roc_auc_score(truth, ae_scores),
         if_auc=roc_auc_score(truth, if_scores),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -173,19 +174,22 @@ CALIBRATION_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999)
 
 
 def calibrate(
-    errors: np.ndarray, percentile: float, bins: int = 50
+    errors: np.ndarray, percentile: float, bins: int = 50, *, fence: float = math.inf
 ) -> tuple[float, CalibrationStats]:
     """Threshold = the ``percentile`` of held-out normal errors; also summarise their distribution.
 
-    The histogram uses log-spaced edges because reconstruction errors are heavy-tailed; the
-    worker bins live errors on the same edges to measure drift.
+    Errors above ``fence`` (suspected anomalies among the normal rows) are left out of the
+    percentile but kept in the summary, which describes what live normal traffic looks like. The
+    histogram uses log-spaced edges because reconstruction errors are heavy-tailed; the worker bins
+    live errors on the same edges to measure drift.
     """
     errors = np.asarray(errors, dtype=np.float64)
     if errors.size == 0:
         raise ValueError("no calibration errors")
     if not 0.0 < percentile < 100.0:
         raise ValueError(f"percentile must be in (0, 100), got {percentile}")
-    threshold = float(np.percentile(errors, percentile))
+    inside = errors[errors <= fence]
+    threshold = float(np.percentile(inside if inside.size else errors, percentile))
     lo = max(float(errors.min()), 1e-12)
     hi = max(float(errors.max()), lo * 10)
     edges = np.geomspace(lo, hi * 1.0001, bins + 1)

@@ -344,6 +344,13 @@ def _fit_training_options(p: argparse.ArgumentParser) -> None:
             99.0,
             "threshold percentile of held-out normal errors (default 99)",
         ),
+        (
+            "--outlier-fence",
+            float,
+            3.0,
+            "leave normal rows whose error is beyond Q3 + K IQR of the log errors (anomalies "
+            "hiding in the training data) out of the percentile; 0 keeps them (default 3)",
+        ),
     ]
     for flag, kind, default, text in knobs:
         g.add_argument(flag, type=kind, default=default, help=text)
@@ -438,6 +445,7 @@ def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
         calibration_split=args.calibration_split,
         percentile=args.percentile,
         calibration=args.calibration,
+        outlier_fence=args.outlier_fence,
         seed=args.seed,
     )
     x, labels, flagged = ds.x, ds.labels, None

@@ -271,10 +271,12 @@ def write_report(
 def calibration_basis(manifest: Any) -> str:
     """What the threshold's percentile was taken over, in words."""
     n = manifest.calibration.n
+    outliers = int(manifest.validation_metrics.get("calibration_outliers", 0))
+    left_out = f", {outliers} far-out errors left out" if outliers else ""
     if manifest.hyperparameters.get("calibration") == "cross_fit":
         folds = manifest.hyperparameters.get("calibration_folds", "?")
-        return f"{n} out-of-fold errors of normal rows ({folds}-fold cross-fitting)"
-    return f"{n} held-out normal rows"
+        return f"{n} out-of-fold errors of normal rows ({folds}-fold cross-fitting{left_out})"
+    return f"{n} held-out normal rows" + (f" ({left_out[2:]})" if outliers else "")
 
 
 def _summary_md(s: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from trainer.fit import (
     cross_fit_folds,
     default_batch_size,
     fit_model,
+    outlier_fence,
     reconstruction_errors,
     split_normal_rows,
 )
@@ -148,3 +149,52 @@ def test_cross_fitted_threshold_is_exceeded_by_about_one_percent(n_normal: int) 
     errors = reconstruction_errors(trained.model, unseen, trained.spec.input_shape)
     rate = float(np.mean(errors > trained.threshold))
     assert 0.002 <= rate <= 0.03, rate
+
+
+def test_outlier_fence_marks_gross_errors_only() -> None:
+    rng = np.random.default_rng(0)
+    clean = np.exp(rng.normal(-4.0, 0.6, size=10_000))  # log-normal, like reconstruction errors
+    assert np.mean(clean > outlier_fence(clean)) < 1e-3
+    spiked = np.r_[clean[:126], 10 * clean.max(), 30 * clean.max()]
+    fence = outlier_fence(spiked)
+    assert np.count_nonzero(spiked > fence) == 2
+    assert outlier_fence(spiked, 0.0) == np.inf  # 0 turns the fence off
+    assert outlier_fence(np.full(50, 0.01)) == np.inf  # no spread, nothing to measure against
+    with_zero = np.r_[0.0, clean[:100], 100.0]  # an exact zero does not break the logs
+    assert clean[:100].max() < outlier_fence(with_zero) < 100.0
+
+
+def test_calibrate_leaves_fenced_errors_out_of_the_threshold_not_the_summary() -> None:
+    errors = np.r_[np.linspace(0.01, 0.02, 99), 5.0]
+    threshold, stats = artifact.calibrate(errors, 99.0, fence=0.1)
+    assert threshold == pytest.approx(np.percentile(errors[:99], 99.0))
+    assert stats.n == 100 and sum(stats.histogram_counts) == 100
+    assert artifact.calibrate(errors, 99.0)[0] > 0.05  # unfenced: pulled up by the 5.0
+
+
+def test_anomalies_hidden_in_normal_data_do_not_lift_the_threshold() -> None:
+    """Unlabelled anomalies among the normal rows are left out of the percentile and named.
+
+    Three broken-correlation rows hide among 200 normal ones (1.5 %). Counted, they would sit in
+    the top 1 % and lift the p99 threshold to their level; fenced, the threshold keeps its meaning
+    (about 1 % of unseen clean rows above it) and the note names their input rows.
+    """
+    hidden = 10.0 + 6.0 * np.tile([1.0, -1.0], (3, 3))
+    x = np.vstack([correlated_rows(200, seed=8), hidden])
+    opts = replace(QUICK, epochs=40, patience=10)  # trained enough for clean errors to bunch up
+    trained = fit_model(x, FEATURES, None, opts, quiet=True)
+    m = trained.manifest
+    assert m.hyperparameters["outlier_fence"] == 3.0
+    assert m.validation_metrics["calibration_outliers"] >= 3
+    assert m.threshold < m.validation_metrics["threshold_with_outliers"]
+    note = next(n for n in m.notes if "look like anomalies in the training data" in n)
+    assert "200, 201, 202" in note
+    unseen = trained.scaler.transform(correlated_rows(20_000, seed=9))
+    errors = reconstruction_errors(trained.model, unseen, trained.spec.input_shape)
+    assert 0.002 <= float(np.mean(errors > trained.threshold)) <= 0.04
+    # Off: the plain percentile of every error, hidden anomalies included.
+    plain = fit_model(x, FEATURES, None, replace(opts, outlier_fence=0.0), quiet=True)
+    assert plain.manifest.validation_metrics["calibration_outliers"] == 0
+    assert plain.threshold == pytest.approx(np.percentile(plain.calibration_errors, 99))
+    with pytest.raises(ConfigError, match="outlier-fence"):
+        fit_model(x, FEATURES, None, replace(opts, outlier_fence=-1.0), quiet=True)
