@@ -130,7 +130,9 @@ def run_case(case: Case, seed: int, options: FitOptions) -> Result:
     opts = FitOptions(**{**options.__dict__, "seed": seed, "image_shape": case.image_shape})
     trained = fit_model(case.x[fit_rows], names, None, opts, quiet=True)
     xs = trained.scaler.transform(case.x[test])
-    ae_scores = reconstruction_errors(trained.model, xs, trained.spec.input_shape)
+    ae_scores = reconstruction_errors(
+        trained.model, xs, trained.spec.input_shape, trained.manifest.error
+    )
     ae_pred = ae_scores > trained.threshold
 
     # IsolationForest: same training rows (train + validation), same threshold rule: the

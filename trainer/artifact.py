@@ -94,6 +94,15 @@ class RowCounts(_Strict):
     excluded_flagged: int = 0
 
 
+ScoreError = Literal["mse", "mae"]
+
+
+def feature_errors(xs: np.ndarray, rec: np.ndarray, error: ScoreError) -> np.ndarray:
+    """Per-feature reconstruction errors in scaled space: squared ("mse") or absolute ("mae")."""
+    diff = np.subtract(xs, rec, dtype=np.float32)
+    return np.square(diff, out=diff) if error == "mse" else np.abs(diff, out=diff)
+
+
 class Manifest(_Strict):
     """Everything needed to use a version without its training code."""
 
@@ -108,6 +117,9 @@ class Manifest(_Strict):
     image_shape: list[int] | None = None
     latent_dim: int
     loss: Literal["mse", "bce"]
+    # How a record's per-feature reconstruction errors are measured; the score is their mean.
+    # Versions written before this field existed used squared errors, hence the default.
+    error: ScoreError = "mse"
     denoise: float | None = None
     threshold: float
     percentile: float
@@ -326,9 +338,10 @@ class DenseEngine:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScoreResult:
-    """Per-record anomaly scores and the per-feature squared errors they average."""
+    """Per-record anomaly scores and the per-feature errors they average."""
 
-    scores: np.ndarray  # (n,) float64: mean squared reconstruction error in scaled space
+    # (n,) float64: mean reconstruction error in scaled space (squared or absolute: manifest.error)
+    scores: np.ndarray
     feature_errors: np.ndarray  # (n, n_features) float32
 
     def is_anomaly(self, threshold: float) -> np.ndarray:
@@ -422,7 +435,7 @@ class ModelBundle:
             return ScoreResult(np.zeros(0), np.zeros((0, self.manifest.n_features), np.float32))
         xs = self.scaler.transform(x)
         rec = self.reconstruct_scaled(xs)
-        fe = np.square(xs - rec, dtype=np.float32)
+        fe = feature_errors(xs, rec, self.manifest.error)
         return ScoreResult(scores=fe.mean(axis=1, dtype=np.float64), feature_errors=fe)
 
     def encode(self, x: np.ndarray) -> np.ndarray:

@@ -310,6 +310,12 @@ def _fit_model_options(p: argparse.ArgumentParser) -> None:
         choices=["minmax", "standard"],
         help="default: minmax for images and bce, standard otherwise",
     )
+    g.add_argument(
+        "--error",
+        choices=["mse", "mae"],
+        help="per-feature error the score averages: squared or absolute "
+        "(default: mae for images, mse otherwise)",
+    )
 
 
 def _fit_training_options(p: argparse.ArgumentParser) -> None:
@@ -446,6 +452,7 @@ def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
         percentile=args.percentile,
         calibration=args.calibration,
         outlier_fence=args.outlier_fence,
+        error=args.error,
         seed=args.seed,
     )
     x, labels, flagged = ds.x, ds.labels, None

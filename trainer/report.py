@@ -55,8 +55,16 @@ def plot_loss(path: Path, history: dict[str, list[float]], best_epoch: int, loss
     plt.close(fig)
 
 
+_ERROR_WORDS = {"mse": "mean squared", "mae": "mean absolute"}
+
+
 def plot_errors(
-    path: Path, errors: np.ndarray, is_anomaly: np.ndarray, threshold: float, percentile: float
+    path: Path,
+    errors: np.ndarray,
+    is_anomaly: np.ndarray,
+    threshold: float,
+    percentile: float,
+    error: str = "mse",
 ) -> None:
     plt = _plt()
     errors = np.maximum(np.asarray(errors, dtype=np.float64), 1e-12)
@@ -78,7 +86,7 @@ def plot_errors(
         label=f"threshold {threshold:.4g} (p{percentile:g})",
     )
     ax.set_xscale("log")
-    ax.set_xlabel("reconstruction error (mean squared, scaled units, log)")
+    ax.set_xlabel(f"reconstruction error ({_ERROR_WORDS[error]}, scaled units, log)")
     ax.set_ylabel("rows")
     flagged_normal = float(np.mean(normal > threshold)) if normal.size else 0.0
     title = f"Held-out rows: {flagged_normal:.1%} of normal above threshold"
@@ -202,7 +210,14 @@ def write_report(
     if history:
         plot_loss(out / "loss.png", history, best_epoch or len(history["loss"]), manifest.loss)
         written.append(out / "loss.png")
-    plot_errors(out / "errors.png", errors, is_anom, manifest.threshold, manifest.percentile)
+    plot_errors(
+        out / "errors.png",
+        errors,
+        is_anom,
+        manifest.threshold,
+        manifest.percentile,
+        manifest.error,
+    )
     written.append(out / "errors.png")
 
     xs = scaler.transform(x).reshape(-1, *manifest.input_shape)
@@ -250,6 +265,7 @@ def write_report(
         "latent_dim": manifest.latent_dim,
         "loss": manifest.loss,
         "denoise": manifest.denoise,
+        "error": manifest.error,
         "threshold": manifest.threshold,
         "percentile": manifest.percentile,
         "calibration_basis": calibration_basis(manifest),
@@ -285,7 +301,8 @@ def _summary_md(s: dict[str, Any]) -> str:
         f"# {s['title']}: {s['version']}",
         "",
         f"- model: {s['architecture']} autoencoder, {s['features']} features -> latent {s['latent_dim']}, "
-        f"loss {s['loss']}" + (f", denoising (noise {s['denoise']:g})" if s["denoise"] else ""),
+        f"loss {s['loss']}" + (f", denoising (noise {s['denoise']:g})" if s["denoise"] else "")
+        + f"; score = {_ERROR_WORDS[s['error']]} reconstruction error",
         f"- threshold: {s['threshold']:.6g} (the {s['percentile']:g}th percentile of "
         f"{s['calibration_basis']})",
         f"- rows: {r['total']} total, {r['train']} train, {r['validation']} validation, "

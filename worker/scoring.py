@@ -46,7 +46,7 @@ def score_batch(bundle: ModelBundle, x: np.ndarray) -> BatchScores:
 def top_features(
     feature_errors: np.ndarray, names: list[str], k: int
 ) -> list[list[tuple[str, float]]]:
-    """The ``k`` features with the largest squared error, per row, largest first."""
+    """The ``k`` features with the largest reconstruction error, per row, largest first."""
     n, f = feature_errors.shape
     k = min(k, f)
     if n == 0 or k <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,38 @@ def test_loading_and_scoring_a_dense_model_never_imports_tensorflow(tmp_path: Pa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(3,)"
+
+
+def test_absolute_error_scores_match_training_and_old_manifests_mean_squared(
+    tmp_path: Path,
+) -> None:
+    """``error: mae`` scores the mean absolute error, the same in training and in the bundle."""
+    from trainer.fit import reconstruction_errors
+
+    x = _rows(300)
+    names = [f"f{i}" for i in range(x.shape[1])]
+    trained = fit_model(x, names, None, FitOptions(epochs=3, seed=0, error="mae"), quiet=True)
+    assert trained.manifest.error == "mae" and trained.manifest.hyperparameters["error"] == "mae"
+    publish_model(trained, tmp_path / "mae")
+    fast = artifact.load_bundle(tmp_path / "mae")
+    slow = artifact.load_version_dir(fast.path, prefer_keras=True)
+    rows = _rows(200, seed=4) * 2
+    xs = fast.scaler.transform(rows)
+    expected = np.abs(xs - slow.reconstruct_scaled(xs)).mean(axis=1)
+    np.testing.assert_allclose(fast.score(rows).scores, expected, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(slow.score(rows).scores, expected, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(
+        reconstruction_errors(trained.model, xs, trained.spec.input_shape, "mae"),
+        expected,
+        rtol=1e-5,
+        atol=1e-8,
+    )
+    # Tables default to squared errors, images to absolute ones.
+    assert fit_model(x, names, None, FitOptions(epochs=1), quiet=True).manifest.error == "mse"
+    pixels = np.random.default_rng(0).random((60, 4))
+    img = fit_model(pixels, names[:4], None, FitOptions(epochs=1, image_shape=(2, 2)), quiet=True)
+    assert img.manifest.error == "mae"
+    # A manifest written before the field existed loads as squared error.
+    doc = json.loads((fast.path / artifact.MANIFEST_FILE).read_text())
+    doc.pop("error")
+    assert artifact.Manifest.model_validate(doc).error == "mse"

@@ -36,6 +36,19 @@ def test_fit_publishes_and_excludes_labelled_rows(cli_model, capsys) -> None:  #
     assert bundle.feature_names == FEATURES  # the label column is not a feature
     assert bundle.manifest.rows.excluded_labelled == 20
     assert bundle.manifest.rows.total == 220
+    assert bundle.manifest.error == "mse"  # a table: squared errors by default
+
+
+def test_fit_score_and_calibration_flags_reach_the_manifest(cli_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, data, _ = cli_model
+    model_dir = tmp_path / "models"
+    flags = ["--error", "mae", "--outlier-fence", "0", "--calibration", "holdout"]
+    assert main(["fit", str(data), "--model-dir", str(model_dir), *FAST, *flags]) == 0
+    m = artifact.load_bundle(model_dir).manifest
+    assert m.error == "mae"
+    assert m.hyperparameters["outlier_fence"] == 0.0
+    assert m.validation_metrics["calibration_outliers"] == 0
+    assert m.threshold == pytest.approx(m.validation_metrics["threshold_with_outliers"])
 
 
 def test_score_output_is_in_order_and_equals_bundle_scores(cli_model, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -146,7 +146,9 @@ def test_cross_fitted_threshold_is_exceeded_by_about_one_percent(n_normal: int) 
     trained = fit_model(correlated_rows(n_normal, seed=5), FEATURES, None, QUICK, quiet=True)
     assert trained.manifest.hyperparameters["calibration"] == "cross_fit"
     unseen = trained.scaler.transform(correlated_rows(20_000, seed=6))
-    errors = reconstruction_errors(trained.model, unseen, trained.spec.input_shape)
+    errors = reconstruction_errors(
+        trained.model, unseen, trained.spec.input_shape, trained.manifest.error
+    )
     rate = float(np.mean(errors > trained.threshold))
     assert 0.002 <= rate <= 0.03, rate
 
@@ -190,7 +192,9 @@ def test_anomalies_hidden_in_normal_data_do_not_lift_the_threshold() -> None:
     note = next(n for n in m.notes if "look like anomalies in the training data" in n)
     assert "200, 201, 202" in note
     unseen = trained.scaler.transform(correlated_rows(20_000, seed=9))
-    errors = reconstruction_errors(trained.model, unseen, trained.spec.input_shape)
+    errors = reconstruction_errors(
+        trained.model, unseen, trained.spec.input_shape, trained.manifest.error
+    )
     assert 0.002 <= float(np.mean(errors > trained.threshold)) <= 0.04
     # Off: the plain percentile of every error, hidden anomalies included.
     plain = fit_model(x, FEATURES, None, replace(opts, outlier_fence=0.0), quiet=True)
