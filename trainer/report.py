@@ -301,7 +301,8 @@ def _summary_md(s: dict[str, Any]) -> str:
         f"# {s['title']}: {s['version']}",
         "",
         f"- model: {s['architecture']} autoencoder, {s['features']} features -> latent {s['latent_dim']}, "
-        f"loss {s['loss']}" + (f", denoising (noise {s['denoise']:g})" if s["denoise"] else "")
+        f"loss {s['loss']}"
+        + (f", denoising (noise {s['denoise']:g})" if s["denoise"] else "")
         + f"; score = {_ERROR_WORDS[s['error']]} reconstruction error",
         f"- threshold: {s['threshold']:.6g} (the {s['percentile']:g}th percentile of "
         f"{s['calibration_basis']})",
