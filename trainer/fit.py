@@ -55,6 +55,10 @@ CROSS_FIT_FOLDS = 3
 # Tukey's "far out" fence: Q3 + 3 IQR. On log errors it lies ~4.7 standard deviations above the
 # median of a log-normal, so it leaves out about one row in a million of a clean distribution.
 OUTLIER_FENCE_IQR = 3.0
+# Images train as denoising autoencoders by default: Gaussian noise of this std on the scaled
+# pixels. One-class digits with the absolute error and the fence: ROC-AUC and F1 up on digits 3
+# and 5 (F1 0.720 -> 0.805 and 0.871 -> 0.911 over 3 splits) with no change in test FPR.
+IMAGE_DENOISE = 0.1
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class FitOptions:
     image_shape: tuple[int, ...] | None = None
     hidden: tuple[int, ...] | None = None
     latent: int | None = None
+    # None: IMAGE_DENOISE for images, off for tables; 0: off.
     denoise: float | None = None
     loss: Literal["mse", "bce"] = "mse"
     scaler: Literal["minmax", "standard"] | None = None
@@ -411,7 +416,9 @@ def fit_model(
         hidden=opts.hidden,
         latent=opts.latent,
         loss=opts.loss,
-        denoise=opts.denoise,
+        denoise=opts.denoise
+        if opts.denoise is not None
+        else (IMAGE_DENOISE if opts.image_shape else None),
         seed=opts.seed,
         activation=opts.activation or ("relu" if opts.image_shape else "tanh"),
     )

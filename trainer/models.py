@@ -128,8 +128,8 @@ def make_spec(
         )
     if any(h < 1 for h in hidden):
         raise ConfigError(f"--hidden sizes must be positive, got {','.join(map(str, hidden))}")
-    if denoise is not None and denoise <= 0:
-        raise ConfigError(f"--denoise must be a positive noise factor, got {denoise}")
+    if denoise is not None and not denoise >= 0:
+        raise ConfigError(f"--denoise must be a noise factor >= 0 (0: off), got {denoise}")
     if loss not in ("mse", "bce"):
         raise ConfigError(f"--loss must be mse or bce, got {loss}")
     return ModelSpec(
@@ -139,7 +139,7 @@ def make_spec(
         latent=latent,
         loss=loss,
         image_shape=tuple(image_shape) if image_shape else None,
-        denoise=denoise,
+        denoise=denoise or None,
         seed=seed,
         activation=activation,
     )

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from trainer import artifact  # noqa: E402
 from trainer.errors import ArtifactError  # noqa: E402
-from trainer.fit import FitOptions, fit_model, publish_model  # noqa: E402
+from trainer.fit import IMAGE_DENOISE, FitOptions, fit_model, publish_model  # noqa: E402
 
 
 def _rows(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
@@ -103,7 +103,7 @@ def test_loading_and_scoring_a_dense_model_never_imports_tensorflow(tmp_path: Pa
     assert out.stdout.strip() == "(3,)"
 
 
-def test_absolute_error_scores_match_training_and_old_manifests_mean_squared(
+def test_absolute_error_scores_match_training_and_image_defaults(
     tmp_path: Path,
 ) -> None:
     """``error: mae`` scores the mean absolute error, the same in training and in the bundle."""
@@ -132,6 +132,12 @@ def test_absolute_error_scores_match_training_and_old_manifests_mean_squared(
     pixels = np.random.default_rng(0).random((60, 4))
     img = fit_model(pixels, names[:4], None, FitOptions(epochs=1, image_shape=(2, 2)), quiet=True)
     assert img.manifest.error == "mae"
+    # ... and images train as denoising autoencoders unless told otherwise.
+    assert img.manifest.denoise == IMAGE_DENOISE
+    plain = fit_model(
+        pixels, names[:4], None, FitOptions(epochs=1, image_shape=(2, 2), denoise=0), quiet=True
+    )
+    assert plain.manifest.denoise is None
     # A manifest written before the field existed loads as squared error.
     doc = json.loads((fast.path / artifact.MANIFEST_FILE).read_text())
     doc.pop("error")
