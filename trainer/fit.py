@@ -521,6 +521,7 @@ def fit_model(
         "batch_size": batch_size,
         "calibration": method,
         "error": error,
+        "denoise": spec.denoise,
         **({"calibration_folds": CROSS_FIT_FOLDS} if method == "cross_fit" else {}),
     }
     manifest = artifact.Manifest(

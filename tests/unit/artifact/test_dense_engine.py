@@ -133,7 +133,7 @@ def test_absolute_error_scores_match_training_and_image_defaults(
     img = fit_model(pixels, names[:4], None, FitOptions(epochs=1, image_shape=(2, 2)), quiet=True)
     assert img.manifest.error == "mae"
     # ... and images train as denoising autoencoders unless told otherwise.
-    assert img.manifest.denoise == IMAGE_DENOISE
+    assert img.manifest.denoise == IMAGE_DENOISE == img.manifest.hyperparameters["denoise"]
     plain = fit_model(
         pixels, names[:4], None, FitOptions(epochs=1, image_shape=(2, 2), denoise=0), quiet=True
     )
