@@ -14,6 +14,7 @@ WORKDIR /src
 # Only what the distribution is built from (see .dockerignore): a test or doc change does not
 # invalidate the dependency layer.
 COPY pyproject.toml README.md ./
+COPY anomaly_contract/ anomaly_contract/
 COPY trainer/ trainer/
 COPY worker/ worker/
 COPY deploy/tools/image-install.sh /usr/local/bin/image-install.sh

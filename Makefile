@@ -22,9 +22,9 @@ test-fast: setup  ## unit tests only
 	@$(PY) -m pytest -q -m "not slow and not integration"
 
 lint: setup  ## ruff and mypy
-	@$(VENV)/bin/ruff check trainer worker tests benchmarks scripts
-	@$(VENV)/bin/ruff format --check trainer worker tests benchmarks scripts
-	@$(VENV)/bin/mypy trainer worker
+	@$(VENV)/bin/ruff check anomaly_contract trainer worker tests benchmarks scripts
+	@$(VENV)/bin/ruff format --check anomaly_contract trainer worker tests benchmarks scripts
+	@$(VENV)/bin/mypy anomaly_contract trainer worker
 
 bench: setup  ## detection quality and throughput benchmarks (figures for the README)
 	@$(PY) benchmarks/quality.py

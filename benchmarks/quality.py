@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from sklearn.ensemble import IsolationForest  # noqa: E402
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
-from trainer.artifact import calibrate  # noqa: E402
+from trainer.calibration import calibrate  # noqa: E402
 from trainer.fit import (  # noqa: E402
     CROSS_FIT_FOLDS,
     FitOptions,

@@ -372,7 +372,7 @@ def predict_per_message(bootstrap: str, topic: str, model_dir: Path, sample: int
     """Consume ``sample`` records and call ``model.predict`` on each one; records/s."""
     import keras
 
-    from trainer.artifact import current_version, load_version_dir
+    from anomaly_contract.model_dir import current_version, load_version_dir
 
     version_dir = model_dir / "versions" / str(current_version(model_dir))
     bundle = load_version_dir(version_dir)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.errors import DataError
+from anomaly_contract.errors import DataError
 
 SENSOR_FEATURES: tuple[str, ...] = (
     "rpm",

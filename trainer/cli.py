@@ -1,6 +1,6 @@
 """``anomaly-trainer``: argument parsing and wiring of the trainer's commands.
 
-Every `TrainerError` ends as one line on stderr and exit code 2; nothing is published then.
+Every `AnomalyError` ends as one line on stderr and exit code 2; nothing is published then.
 The Kafka security settings are built once in `main` and handed to every command.
 """
 
@@ -14,14 +14,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from trainer import artifact
-from trainer.errors import ConfigError, DataError, TrainerError
-from trainer.kafka_connection import (
+from anomaly_contract import artifact, errors
+from anomaly_contract.errors import AnomalyError, ConfigError, DataError
+from anomaly_contract.kafka_connection import (
     KafkaConnection,
     SaslMechanism,
     SecurityProtocol,
     load_connection,
     read_secret_file,
+)
+from anomaly_contract.model_dir import (
+    current_version,
+    list_versions,
+    load_bundle,
+    normalize_version,
+    set_current,
 )
 from trainer.report import calibration_basis
 
@@ -49,7 +56,7 @@ def _image_shape(text: str) -> tuple[int, ...]:
         return tuple(parse_image_shape(text))
     except ImportError:  # pragma: no cover - data.py always ships with the package
         return _int_list(text)
-    except TrainerError as exc:
+    except AnomalyError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -417,7 +424,7 @@ def _load(
 
 
 def _bundle(args: argparse.Namespace) -> artifact.ModelBundle:
-    return artifact.load_bundle(args.model_dir, getattr(args, "version", None))
+    return load_bundle(args.model_dir, getattr(args, "version", None))
 
 
 def _model_rows(ds: Any, bundle: artifact.ModelBundle) -> Any:
@@ -464,7 +471,7 @@ def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
         trained = _with_flagged_note(trained, *flagged)
     version = publish_model(trained, args.model_dir, keep=args.keep)
     if args.publish_topic:
-        from trainer.model_topic import publish_from_model_dir
+        from trainer.topic_publish import publish_from_model_dir
 
         publish_from_model_dir(args.publish_topic, args.model_dir, version, connection=kafka)
         _err(f"sent {version} to model topic {args.publish_topic}")
@@ -495,7 +502,7 @@ def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
 
 
 def _should_exclude_flagged(args: argparse.Namespace) -> bool:
-    has_model = artifact.current_version(args.model_dir) is not None
+    has_model = current_version(args.model_dir) is not None
     if args.exclude_flagged == "yes":
         if not has_model:
             raise ConfigError(
@@ -507,7 +514,7 @@ def _should_exclude_flagged(args: argparse.Namespace) -> bool:
 
 def _drop_flagged(ds: Any, model_dir: Path, *, quiet: bool) -> tuple[Any, Any, tuple[int, str]]:
     """Rows the current model flags are left out of training (they may be recent anomalies)."""
-    bundle = artifact.load_bundle(model_dir)
+    bundle = load_bundle(model_dir)
     x = _model_rows(ds, bundle)
     flagged = bundle.score(x).is_anomaly(bundle.threshold)
     n = int(flagged.sum())
@@ -537,7 +544,7 @@ def _with_flagged_note(trained: Any, n: int, note: str) -> Any:
 
 
 def cmd_publish(args: argparse.Namespace, kafka: KafkaConnection) -> int:
-    from trainer.model_topic import publish_from_model_dir
+    from trainer.topic_publish import publish_from_model_dir
 
     version = publish_from_model_dir(
         args.publish_topic,
@@ -663,10 +670,10 @@ def cmd_denoise(args: argparse.Namespace, kafka: KafkaConnection) -> int:
 
 def cmd_versions(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     if not Path(args.model_dir).is_dir():
-        raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
+        raise errors.ArtifactError(f"model directory {args.model_dir} does not exist")
     if args.publish_topic:
         return _topic_versions(args, kafka)
-    infos = artifact.list_versions(args.model_dir)
+    infos = list_versions(args.model_dir)
     if args.json:
         print(
             json.dumps(
@@ -697,7 +704,8 @@ def cmd_versions(args: argparse.Namespace, kafka: KafkaConnection) -> int:
 
 
 def _topic_versions(args: argparse.Namespace, kafka: KafkaConnection) -> int:
-    from trainer.model_topic import list_topic_versions, parse_topic_url
+    from anomaly_contract.model_topic_format import parse_topic_url
+    from trainer.topic_publish import list_topic_versions
 
     infos = list_topic_versions(*parse_topic_url(args.publish_topic), connection=kafka)
     rows = [
@@ -722,18 +730,19 @@ def _topic_versions(args: argparse.Namespace, kafka: KafkaConnection) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, kafka: KafkaConnection) -> int:
-    before = artifact.current_version(args.model_dir)
+    before = current_version(args.model_dir)
     if not Path(args.model_dir).is_dir():
-        raise artifact.ArtifactError(f"model directory {args.model_dir} does not exist")
-    name = artifact.normalize_version(args.version)
+        raise errors.ArtifactError(f"model directory {args.model_dir} does not exist")
+    name = normalize_version(args.version)
     if args.publish_topic:
-        from trainer.model_topic import parse_topic_url, promote_on_topic
+        from anomaly_contract.model_topic_format import parse_topic_url
+        from trainer.topic_publish import promote_on_topic
 
         promote_on_topic(*parse_topic_url(args.publish_topic), name, connection=kafka)
         print(f"{name} is current on model topic {args.publish_topic}")
         if not (Path(args.model_dir) / artifact.VERSIONS_DIR / name).is_dir():
             return 0
-    artifact.set_current(args.model_dir, name)
+    set_current(args.model_dir, name)
     print(
         f"current version is now {name}" + (f" (was {before})" if before and before != name else "")
     )
@@ -747,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kafka = _kafka_connection(args)
         return int(args.func(args, kafka))
-    except TrainerError as exc:
+    except AnomalyError as exc:
         _err(f"{PROG} {args.command}: error: {exc}")
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -26,11 +26,11 @@ from urllib.parse import parse_qsl
 import numpy as np
 import pandas as pd
 
+from anomaly_contract.errors import DataError
 from trainer import builtin_data
-from trainer.errors import DataError
 
 if TYPE_CHECKING:
-    from trainer.kafka_connection import KafkaConnection
+    from anomaly_contract.kafka_connection import KafkaConnection
 
 log = logging.getLogger(__name__)
 

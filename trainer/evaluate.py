@@ -1,6 +1,6 @@
 """Offline use of a published model: score, evaluate against labels, encode, decode, denoise.
 
-Scoring always goes through `trainer.artifact.ModelBundle.score`, the function the worker uses, so
+Scoring always goes through `anomaly_contract.artifact.ModelBundle.score`, the function the worker uses, so
 offline scores equal the ones the worker emits for the same rows.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from trainer import artifact
-from trainer.errors import DataError
+from anomaly_contract import artifact
+from anomaly_contract.errors import DataError
 
 
 def align_features(

@@ -34,8 +34,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from trainer import artifact
-from trainer.errors import ConfigError, DataError, TrainerError
+from anomaly_contract import artifact
+from anomaly_contract.errors import AnomalyError, ConfigError, DataError
+from anomaly_contract.model_dir import (
+    next_version_name,
+    publish_staged,
+    staging_dir,
+    utc_now,
+    write_version_files,
+)
+from trainer import calibration
 from trainer.models import ModelSpec, build_autoencoder, compile_autoencoder, make_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -252,7 +260,7 @@ def _train_network(
     )
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     if not history.get("loss") or not all(math.isfinite(v) for v in history["loss"]):
-        raise TrainerError(
+        raise AnomalyError(
             "training diverged (loss became NaN): try a lower learning rate or --scaler standard"
         )
     return model, history
@@ -468,7 +476,7 @@ def fit_model(
     calibration_seconds = time.perf_counter() - started
     fence = outlier_fence(threshold_errors, opts.outlier_fence)
     outlier_rows = np.sort(threshold_rows[threshold_errors > fence])
-    threshold, stats = artifact.calibrate(threshold_errors, opts.percentile, fence=fence)
+    threshold, stats = calibration.calibrate(threshold_errors, opts.percentile, fence=fence)
     metrics: dict[str, float] = {
         "val_loss": float(min(val_losses)),
         "train_loss": float(history["loss"][best_epoch - 1]),
@@ -526,7 +534,7 @@ def fit_model(
     }
     manifest = artifact.Manifest(
         version="unpublished",
-        created_at=artifact.utc_now(),
+        created_at=utc_now(),
         architecture=spec.architecture,
         feature_names=list(feature_names),
         input_shape=list(shape),
@@ -539,7 +547,7 @@ def fit_model(
         percentile=opts.percentile,
         calibration=stats,
         data_source=source,
-        data_fingerprint=artifact.fingerprint_arrays([x[normal_idx]], list(feature_names)),
+        data_fingerprint=calibration.fingerprint_arrays([x[normal_idx]], list(feature_names)),
         rows=artifact.RowCounts(
             total=n_total,
             train=int(train_i.size),
@@ -576,14 +584,10 @@ def publish_model(
     make_current: bool = True,
 ) -> str:
     """Write the version aside and make it current atomically; returns its name (``v3``)."""
-    with artifact.staging_dir(model_dir) as staging:
-        version = artifact.next_version_name(model_dir)
-        manifest = trained.manifest.model_copy(
-            update={"version": version, "created_at": artifact.utc_now()}
-        )
-        artifact.write_version_files(staging, trained.model, trained.scaler, manifest)
-        published = artifact.publish_staged(
-            model_dir, staging, keep=keep, make_current=make_current
-        )
+    with staging_dir(model_dir) as staging:
+        version = next_version_name(model_dir)
+        manifest = trained.manifest.model_copy(update={"version": version, "created_at": utc_now()})
+        write_version_files(staging, trained.model, trained.scaler, manifest)
+        published = publish_staged(model_dir, staging, keep=keep, make_current=make_current)
     trained.manifest = manifest
     return published

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from trainer.errors import DataError
-from trainer.kafka_connection import PLAINTEXT, KafkaConnection, client_log, connect_hint
+from anomaly_contract.errors import DataError
+from anomaly_contract.kafka_connection import PLAINTEXT, KafkaConnection, client_log, connect_hint
 
 DEFAULT_TIMEOUT_S = 30.0
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")

@@ -1,7 +1,7 @@
 """Autoencoder builders: dense (any tabular or flattened data), convolutional (images), denoising.
 
 Every model is an outer ``keras.Model`` holding two sub-models named ``encoder`` and ``decoder``
-(`trainer.artifact.ModelBundle.encode`/``decode`` rely on those names). Denoising puts a
+(`anomaly_contract.artifact.ModelBundle.encode`/``decode`` rely on those names). Denoising puts a
 ``GaussianNoise`` layer in front of the encoder: Keras only applies it in training, so scoring,
 encoding and the calibration threshold all see clean inputs while the targets stay clean too.
 """
@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from trainer.errors import ConfigError
+from anomaly_contract.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer import artifact
+from anomaly_contract import artifact
 
 NORMAL_COLOR = "#1f77b4"
 ANOMALY_COLOR = "#d62728"

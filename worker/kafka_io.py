@@ -26,7 +26,7 @@ from kafka import errors as kerr
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from trainer.kafka_connection import security_kwargs
+from anomaly_contract.kafka_connection import security_kwargs
 from worker.http import HealthState
 from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings

@@ -20,7 +20,7 @@ import numpy as np
 from kafka import errors as kerr
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
-from trainer.artifact import ModelBundle
+from anomaly_contract.artifact import ModelBundle
 from worker import decode as dec
 from worker.decode import DecodeError, FeatureSpec, decode_batch
 from worker.events import anomaly_event, dead_letter_headers, iso_utc

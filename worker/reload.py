@@ -20,10 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.artifact import Manifest, ModelBundle, current_version, load_bundle
-from trainer.errors import TrainerError
-from trainer.model_topic import ModelTopicReader, Refusal, TopicModelUpdate, TopicReadError
+from anomaly_contract.artifact import Manifest, ModelBundle
+from anomaly_contract.errors import AnomalyError, TopicReadError
+from anomaly_contract.model_dir import current_version, load_bundle
+from anomaly_contract.model_topic_format import Refusal
 from worker.metrics import WorkerMetrics
+from worker.model_follow import ModelTopicReader, TopicModelUpdate
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class ModelWatcher:
         try:
             bundle = load_bundle(self.model_dir, name)
             bundle.warm_up()
-        except (TrainerError, OSError, ValueError) as exc:
+        except (AnomalyError, OSError, ValueError) as exc:
             self.metrics.model_reloads.labels("failed").inc()
             log.error(
                 "model version %s cannot be loaded, keeping %s: %s",
@@ -179,7 +181,7 @@ class TopicModelWatcher(ModelWatcher):
         return schema_mismatch(accepted, manifest) if accepted is not None else None
 
     def _on_refused(self, refusal: Refusal) -> None:
-        # The reader logged the reason already (logger trainer.model_topic).
+        # The reader logged the reason already (logger worker.model_follow).
         self.metrics.model_reloads.labels("refused").inc()
         log.error(
             "model version %s from topic %s refused, keeping %s: %s",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.artifact import ModelBundle
+from anomaly_contract.artifact import ModelBundle
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from trainer.errors import ConfigError
-from trainer.kafka_connection import KafkaSecurity, security_problem
-from trainer.model_topic import parse_topic_url
+from anomaly_contract.errors import ConfigError
+from anomaly_contract.kafka_connection import KafkaSecurity, security_problem
+from anomaly_contract.model_topic_format import parse_topic_url
 
 _TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 

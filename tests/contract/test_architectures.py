@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from trainer import artifact  # noqa: E402
+from anomaly_contract.model_dir import load_bundle  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
 from trainer.fit import FitOptions, TrainedModel, fit_model, publish_model  # noqa: E402
 
@@ -60,7 +60,7 @@ def fitted(request, digits_one_class, tmp_path_factory):  # type: ignore[no-unty
 
 def test_round_trip_scores_match(fitted) -> None:  # type: ignore[no-untyped-def]
     _, _, trained, model_dir = fitted
-    bundle = artifact.load_bundle(model_dir)
+    bundle = load_bundle(model_dir)
     scores = bundle.score(trained.heldout_x).scores
     assert np.allclose(scores, trained.heldout_errors, rtol=1e-5, atol=1e-7)
     assert bundle.threshold == trained.threshold
@@ -94,5 +94,5 @@ def test_tabular_sensors_well_above_chance(name: str, tmp_path: Path) -> None:
     )
     assert _auc(trained) > 0.9
     publish_model(trained, tmp_path)
-    scores = artifact.load_bundle(tmp_path).score(trained.heldout_x).scores
+    scores = load_bundle(tmp_path).score(trained.heldout_x).scores
     assert np.allclose(scores, trained.heldout_errors, rtol=1e-5, atol=1e-7)

@@ -119,7 +119,7 @@ def test_trains_and_loads_a_model_and_passes_its_healthcheck(
     assert fit.returncode == 0, fit.stderr[-3000:]
     load = (
         "import json, sys, numpy as np\n"
-        "from trainer.artifact import load_bundle\n"
+        "from anomaly_contract.model_dir import load_bundle\n"
         "b = load_bundle(sys.argv[1])\n"
         "r = b.score(np.zeros((3, len(b.feature_names))))\n"
         "print(json.dumps({'version': b.version, 'n': len(r.scores),"

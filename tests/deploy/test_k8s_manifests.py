@@ -213,7 +213,7 @@ def test_base_needs_no_custom_resource_definitions(k8s_base: list[dict[str, Any]
 
 
 def test_trainer_publishes_to_the_topic_the_workers_follow(rendered: list[dict[str, Any]]) -> None:
-    from trainer.model_topic import parse_topic_url
+    from anomaly_contract.model_topic_format import parse_topic_url
 
     deployment = one(rendered, "Deployment", "anomaly-worker")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]

@@ -1,7 +1,7 @@
 """Fixtures shared by the integration tests that run the worker: one small trained model,
 published once, and a private copy of its model directory per test.
 
-The model is a small dense Keras autoencoder published with trainer.artifact by the worker tests'
+The model is a small dense Keras autoencoder published with anomaly_contract.model_dir by the worker tests'
 own helper (tests/unit/worker/worker_models.py), made importable here for every test below.
 """
 

@@ -27,13 +27,13 @@ from kafka_helpers import (
 from pydantic import SecretStr
 from worker_harness import REPO, WorkerFactory, make_topics
 
-from trainer import artifact
+from anomaly_contract.errors import DataError
+from anomaly_contract.kafka_connection import PLAINTEXT, KafkaConnection
+from anomaly_contract.model_dir import current_version, load_bundle
 from trainer.builtin_data import make_sensor_records
 from trainer.cli import main as trainer_main
-from trainer.errors import DataError
-from trainer.kafka_connection import PLAINTEXT, KafkaConnection
 from trainer.kafka_source import read_topic
-from trainer.model_topic import list_topic_versions
+from trainer.topic_publish import list_topic_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -107,7 +107,7 @@ def test_fit_reads_kafka_and_publishes_over_sasl(
     secured: LocalKafka, published: tuple[Path, str], tmp_path: Path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
     model_dir, model_topic = published
-    manifest = artifact.load_bundle(model_dir).manifest
+    manifest = load_bundle(model_dir).manifest
     assert manifest.rows.total == 600  # the bounded read over SASL gave the rows
     on_topic = list_topic_versions(secured.sasl_bootstrap, model_topic, connection=scram())
     assert [(v.version, v.is_current, v.problem) for v in on_topic] == [("v1", True, None)]
@@ -169,7 +169,7 @@ def test_wrong_password_is_a_one_line_error_within_the_timeout(
     assert "(SASL_PLAINTEXT/SCRAM-SHA-256 as trainer): check the SASL user and password" in err
     assert "not-the-password" not in err
     assert elapsed < 60, f"took {elapsed:.0f}s for a 5 s read timeout"
-    assert not (tmp_path / "m").exists() or artifact.current_version(tmp_path / "m") is None
+    assert not (tmp_path / "m").exists() or current_version(tmp_path / "m") is None
 
 
 def test_wrong_protocol_or_plain_password_fails_within_the_timeout(

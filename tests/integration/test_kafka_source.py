@@ -10,9 +10,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka_helpers import create_topic, produce_json, unique_name
 
+from anomaly_contract.errors import DataError
 from trainer.builtin_data import SENSOR_FEATURES, make_sensor_records
 from trainer.data import load_dataset
-from trainer.errors import DataError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

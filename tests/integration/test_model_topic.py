@@ -1,6 +1,6 @@
 """Models through a compacted Kafka topic, against the real broker.
 
-Versions are real Keras autoencoders published with trainer.artifact (untrained weights are
+Versions are real Keras autoencoders published with anomaly_contract.model_dir (untrained weights are
 enough: what matters is that the reader rebuilds the very same model, so the same scores).
 """
 
@@ -16,13 +16,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka_helpers import consume_all, create_topic, produce_json
 
-from trainer.artifact import (
-    CURRENT_FILE,
-    VERSIONS_DIR,
-    Manifest,
-    RowCounts,
-    Scaler,
-    calibrate,
+from anomaly_contract.artifact import CURRENT_FILE, VERSIONS_DIR, Manifest, RowCounts, Scaler
+from anomaly_contract.errors import ArtifactError, VersionNotFoundError
+from anomaly_contract.model_dir import (
     current_version,
     load_bundle,
     load_version_dir,
@@ -32,20 +28,21 @@ from trainer.artifact import (
     utc_now,
     write_version_files,
 )
-from trainer.errors import ArtifactError, VersionNotFoundError
-from trainer.model_topic import (
-    ModelTopicReader,
-    TopicModelUpdate,
+from anomaly_contract.model_topic_format import (
     TopicRecord,
     current_record,
-    list_topic_versions,
     pack_version_dir,
-    promote_on_topic,
-    publish_from_model_dir,
-    publish_to_topic,
     sha256_hex,
     version_records,
 )
+from trainer.calibration import calibrate
+from trainer.topic_publish import (
+    list_topic_versions,
+    promote_on_topic,
+    publish_from_model_dir,
+    publish_to_topic,
+)
+from worker.model_follow import ModelTopicReader, TopicModelUpdate
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

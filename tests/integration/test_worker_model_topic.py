@@ -20,15 +20,16 @@ from kafka_helpers import consume_all, produce_json, unique_name
 from worker_harness import Topics, WorkerFactory, WorkerProcess, make_topics
 from worker_models import TrainedModel, publish, sensor_rows, train_model
 
-from trainer.artifact import VERSIONS_DIR, read_manifest  # noqa: E402
-from trainer.model_topic import (  # noqa: E402
+from anomaly_contract.artifact import VERSIONS_DIR  # noqa: E402
+from anomaly_contract.model_dir import read_manifest  # noqa: E402
+from anomaly_contract.model_topic_format import (
     MODEL_PARTITION,
     current_record,
     pack_version_dir,
-    publish_to_topic,
     sha256_hex,
     version_records,
 )
+from trainer.topic_publish import publish_to_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -253,7 +254,7 @@ def test_corrupt_chunk_and_other_schema_are_refused_and_the_worker_keeps_its_mod
 
 def test_threshold_far_below_scores(trainer_dir: Path) -> None:
     """The premise of the tests above: both versions flag every row, so every row has an event."""
-    from trainer.artifact import load_bundle
+    from anomaly_contract.model_dir import load_bundle
 
     x, _ = sensor_rows(200, N_FEATURES, seed=41)
     for v in ("v1", "v2"):

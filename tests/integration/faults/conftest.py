@@ -16,7 +16,7 @@ from faults_support import FAULT_SETTINGS, INPUT_PARTITIONS
 from worker_harness import Topics, WorkerFactory, make_topics
 from worker_models import TrainedModel, publish, sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ the record-by-record accounting every fault test ends with.
 Accounting: every input (partition, offset) of a `worker_harness.Stream` is either scored
 (anomaly -> an event on the output topic, normal -> counted in /metrics only) or dead-lettered.
 Which valid records must have an event is decided offline with
-``trainer.artifact.load_bundle(model_dir).score``.
+``anomaly_contract.model_dir.load_bundle(model_dir).score``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def account(
     bootstrap: str,
     topics: Topics,
     stream: Stream,
-    bundle,  # type: ignore[no-untyped-def]  # trainer.artifact.ModelBundle
+    bundle,  # type: ignore[no-untyped-def]  # anomaly_contract.artifact.ModelBundle
     isolation_level: IsolationLevel = "read_uncommitted",
     flags: tuple[set[Source], set[Source]] | None = None,
 ) -> Accounting:

@@ -21,7 +21,7 @@ from kafka_helpers import LocalKafka
 from worker_harness import Stream, WorkerFactory, WorkerProcess, make_topics, wait_all_committed
 from worker_models import sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from kafka_helpers import unique_name
 from worker_harness import Stream, WorkerFactory, committed, wait_all_committed
 from worker_models import sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

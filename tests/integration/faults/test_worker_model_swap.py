@@ -19,7 +19,7 @@ from faults_support import account, assert_counts_match, expected_flags
 from worker_harness import Stream, WorkerFactory, wait_all_committed
 from worker_models import TrainedModel, publish, sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

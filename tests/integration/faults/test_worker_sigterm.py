@@ -10,7 +10,7 @@ from faults_support import account
 from worker_harness import Stream, WorkerFactory, committed, wait_all_committed
 from worker_models import sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

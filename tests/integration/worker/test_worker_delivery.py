@@ -13,7 +13,7 @@ from kafka_helpers import consume_all, produce_json, unique_name
 from worker_harness import Stream, Topics, committed, make_topics
 from worker_models import sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from kafka_helpers import consume_all, produce_json
 from worker_harness import Topics
 from worker_models import sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 from worker import events as ev
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from kafka_helpers import consume_all, produce_json
 from worker_harness import Topics, WorkerProcess
 from worker_models import TrainedModel, publish, sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 
 pytestmark = pytest.mark.integration
 

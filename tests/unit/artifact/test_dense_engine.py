@@ -13,8 +13,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from trainer import artifact  # noqa: E402
-from trainer.errors import ArtifactError  # noqa: E402
+from anomaly_contract import artifact  # noqa: E402
+from anomaly_contract.errors import ArtifactError  # noqa: E402
+from anomaly_contract.model_dir import load_bundle, load_version_dir  # noqa: E402
 from trainer.fit import IMAGE_DENOISE, FitOptions, fit_model, publish_model  # noqa: E402
 
 
@@ -38,9 +39,9 @@ def _publish(tmp_path: Path, **options) -> Path:
 @pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
 def test_numpy_scores_equal_keras_scores(tmp_path: Path, activation: str) -> None:
     model_dir = _publish(tmp_path, activation=activation, denoise=0.1)
-    fast = artifact.load_bundle(model_dir)
+    fast = load_bundle(model_dir)
     assert fast.inference == "numpy"
-    slow = artifact.load_version_dir(fast.path, prefer_keras=True)
+    slow = load_version_dir(fast.path, prefer_keras=True)
     assert slow.inference == "tensorflow"
     x = _rows(500, seed=3) * 3  # includes rows far from the training data
     a, b = fast.score(x), slow.score(x)
@@ -53,8 +54,8 @@ def test_numpy_scores_equal_keras_scores(tmp_path: Path, activation: str) -> Non
 
 def test_bce_sigmoid_output_matches(tmp_path: Path) -> None:
     model_dir = _publish(tmp_path, loss="bce")
-    fast = artifact.load_bundle(model_dir)
-    slow = artifact.load_version_dir(fast.path, prefer_keras=True)
+    fast = load_bundle(model_dir)
+    slow = load_version_dir(fast.path, prefer_keras=True)
     x = _rows(200, seed=5)
     np.testing.assert_allclose(fast.score(x).scores, slow.score(x).scores, rtol=1e-5)
 
@@ -67,7 +68,7 @@ def test_conv_models_score_with_tensorflow(tmp_path: Path) -> None:
         source="test", quiet=True,
     )  # fmt: skip
     publish_model(trained, tmp_path / "conv")
-    bundle = artifact.load_bundle(tmp_path / "conv")
+    bundle = load_bundle(tmp_path / "conv")
     assert bundle.inference == "tensorflow"
     assert not (bundle.path / artifact.DENSE_WEIGHTS_FILE).exists()
     assert np.isfinite(bundle.score(x[:10]).scores).all()
@@ -75,25 +76,25 @@ def test_conv_models_score_with_tensorflow(tmp_path: Path) -> None:
 
 def test_corrupt_files_are_refused_without_keras(tmp_path: Path) -> None:
     model_dir = _publish(tmp_path)
-    path = artifact.load_bundle(model_dir).path
+    path = load_bundle(model_dir).path
     original = (path / artifact.MODEL_FILE).read_bytes()
     (path / artifact.MODEL_FILE).write_bytes(original[: len(original) // 2])
     with pytest.raises(ArtifactError, match="model.keras"):
-        artifact.load_bundle(model_dir)
+        load_bundle(model_dir)
     (path / artifact.MODEL_FILE).write_bytes(original)
     weights = path / artifact.DENSE_WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtifactError):
-        artifact.load_bundle(model_dir)
+        load_bundle(model_dir)
 
 
 def test_loading_and_scoring_a_dense_model_never_imports_tensorflow(tmp_path: Path) -> None:
     model_dir = _publish(tmp_path)
     code = (
         "import sys, numpy as np\n"
-        "from trainer.artifact import load_bundle\n"
+        "from anomaly_contract.model_dir import load_bundle\n"
         f"b = load_bundle({str(model_dir)!r})\n"
         "b.warm_up(); print(b.score(np.zeros((3, 8))).scores.shape)\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
@@ -114,8 +115,8 @@ def test_absolute_error_scores_match_training_and_image_defaults(
     trained = fit_model(x, names, None, FitOptions(epochs=3, seed=0, error="mae"), quiet=True)
     assert trained.manifest.error == "mae" and trained.manifest.hyperparameters["error"] == "mae"
     publish_model(trained, tmp_path / "mae")
-    fast = artifact.load_bundle(tmp_path / "mae")
-    slow = artifact.load_version_dir(fast.path, prefer_keras=True)
+    fast = load_bundle(tmp_path / "mae")
+    slow = load_version_dir(fast.path, prefer_keras=True)
     rows = _rows(200, seed=4) * 2
     xs = fast.scaler.transform(rows)
     expected = np.abs(xs - slow.reconstruct_scaled(xs)).mean(axis=1)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from topic_fixtures import make_manifest
 
-from trainer.errors import ArtifactError
-from trainer.model_topic import (
+from anomaly_contract.errors import ArtifactError
+from anomaly_contract.model_topic_format import (
     ChunkInfo,
     Refusal,
     TopicIndex,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from topic_fixtures import make_manifest, write_version_dir
 
-from trainer.errors import ArtifactError, ConfigError
-from trainer.model_topic import (
+from anomaly_contract.errors import ArtifactError, ConfigError
+from anomaly_contract.model_topic_format import (
     FORMAT,
     PACKED_FILES,
     current_record,

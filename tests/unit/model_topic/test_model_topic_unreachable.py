@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.model_topic import ModelTopicReader, TopicReadError, read_topic_index
+from anomaly_contract.errors import TopicReadError
+from anomaly_contract.model_topic_io import read_topic_index
+from worker.model_follow import ModelTopicReader
 
 
 def closed_port() -> int:

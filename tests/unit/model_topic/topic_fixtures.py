@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.artifact import Manifest, RowCounts, Scaler, calibrate, utc_now
+from anomaly_contract.artifact import Manifest, RowCounts, Scaler
+from anomaly_contract.model_dir import utc_now
+from trainer.calibration import calibrate
 
 
 def make_manifest(version: str = "v1", n_features: int = 3) -> Manifest:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from conftest import FEATURES, QUICK, correlated_rows
 
-from trainer import artifact
-from trainer.errors import ConfigError, DataError
+from anomaly_contract import artifact
+from anomaly_contract.errors import ConfigError, DataError
+from trainer import calibration
 from trainer.fit import (
     CROSS_FIT_FOLDS,
     CROSS_FIT_MAX_ROWS,
@@ -168,10 +169,10 @@ def test_outlier_fence_marks_gross_errors_only() -> None:
 
 def test_calibrate_leaves_fenced_errors_out_of_the_threshold_not_the_summary() -> None:
     errors = np.r_[np.linspace(0.01, 0.02, 99), 5.0]
-    threshold, stats = artifact.calibrate(errors, 99.0, fence=0.1)
+    threshold, stats = calibration.calibrate(errors, 99.0, fence=0.1)
     assert threshold == pytest.approx(np.percentile(errors[:99], 99.0))
     assert stats.n == 100 and sum(stats.histogram_counts) == 100
-    assert artifact.calibrate(errors, 99.0)[0] > 0.05  # unfenced: pulled up by the 5.0
+    assert calibration.calibrate(errors, 99.0)[0] > 0.05  # unfenced: pulled up by the 5.0
 
 
 def test_anomalies_hidden_in_normal_data_do_not_lift_the_threshold() -> None:

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from trainer.cli import main
-from trainer.errors import ConfigError
-from trainer.kafka_connection import (
+from anomaly_contract.errors import ConfigError
+from anomaly_contract.kafka_connection import (
     PLAINTEXT,
     ClientLog,
     KafkaConnection,
@@ -23,6 +22,7 @@ from trainer.kafka_connection import (
     security_kwargs,
     security_problem,
 )
+from trainer.cli import main
 
 SECURITY_ENV = (
     "ANOMALY_SECURITY_PROTOCOL",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.errors import ConfigError
+from anomaly_contract.errors import ConfigError
 from trainer.models import build_autoencoder, default_hidden, default_latent, make_spec
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import FEATURES, QUICK, anomalous_rows, correlated_rows
 
-from trainer import artifact
+from anomaly_contract.model_dir import current_version, list_versions, load_bundle, load_version_dir
 from trainer.cli import main
 from trainer.fit import fit_model, publish_model
 
@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def test_loaded_model_gives_the_same_scores(published) -> None:  # type: ignore[no-untyped-def]
     model_dir, trained = published
-    bundle = artifact.load_bundle(model_dir)
+    bundle = load_bundle(model_dir)
     assert bundle.version == "v1"
     assert bundle.threshold == trained.threshold
     scores = bundle.score(trained.heldout_x).scores
     assert np.allclose(scores, trained.heldout_errors, rtol=1e-5, atol=1e-8)
     # Reloading gives bit-identical scores.
-    again = artifact.load_bundle(model_dir).score(trained.heldout_x).scores
+    again = load_bundle(model_dir).score(trained.heldout_x).scores
     assert np.array_equal(scores, again)
     m = bundle.manifest
     assert m.feature_names == FEATURES and m.input_shape == [6]
@@ -44,8 +44,8 @@ def test_versions_promote_and_retention(tmp_path: Path, capsys: pytest.CaptureFi
     for _ in range(4):
         trained = fit_model(x, FEATURES, None, QUICK.__class__(epochs=1, patience=1), quiet=True)
         publish_model(trained, tmp_path, keep=3)
-    assert [v.version for v in artifact.list_versions(tmp_path)] == ["v2", "v3", "v4"]
-    assert artifact.current_version(tmp_path) == "v4"
+    assert [v.version for v in list_versions(tmp_path)] == ["v2", "v3", "v4"]
+    assert current_version(tmp_path) == "v4"
 
     assert main(["versions", "--model-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -53,7 +53,7 @@ def test_versions_promote_and_retention(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert main(["promote", "v2", "--model-dir", str(tmp_path)]) == 0
     assert "now v2 (was v4)" in capsys.readouterr().out
-    assert artifact.current_version(tmp_path) == "v2"
+    assert current_version(tmp_path) == "v2"
     assert main(["versions", "--model-dir", str(tmp_path), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in listed if v["current"]] == ["v2"]
@@ -64,7 +64,7 @@ def test_versions_promote_and_retention(tmp_path: Path, capsys: pytest.CaptureFi
     assert err.count("\n") == 1 and "v9 not found" in err
     assert main(["promote", "banana", "--model-dir", str(tmp_path)]) == 2
     assert "not a version name" in capsys.readouterr().err
-    assert artifact.current_version(tmp_path) == "v2"
+    assert current_version(tmp_path) == "v2"
 
     # Retention never removes the current version, even when it is old.
     publish_model(
@@ -73,7 +73,7 @@ def test_versions_promote_and_retention(tmp_path: Path, capsys: pytest.CaptureFi
         keep=1,
         make_current=False,
     )
-    assert {v.version for v in artifact.list_versions(tmp_path)} == {"v2", "v5"}
+    assert {v.version for v in list_versions(tmp_path)} == {"v2", "v5"}
 
 
 def test_missing_model_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,12 +110,12 @@ def _start_publisher(model_dir: Path, epochs: int) -> subprocess.Popen[str]:
 
 
 def _assert_consistent(model_dir: Path) -> str:
-    current = artifact.current_version(model_dir)
+    current = current_version(model_dir)
     assert current is not None
-    for info in artifact.list_versions(model_dir):
-        bundle = artifact.load_version_dir(info.path)  # every visible version is complete
+    for info in list_versions(model_dir):
+        bundle = load_version_dir(info.path)  # every visible version is complete
         assert bundle.manifest.version == info.version
-    bundle = artifact.load_bundle(model_dir)
+    bundle = load_bundle(model_dir)
     assert np.isfinite(bundle.score(anomalous_rows(5)).scores).all()
     return current
 
@@ -131,7 +131,7 @@ def test_sigkill_during_training_and_publishing_leaves_a_consistent_dir(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert _assert_consistent(tmp_path) == "v1"
-    assert [v.version for v in artifact.list_versions(tmp_path)] == ["v1"]
+    assert [v.version for v in list_versions(tmp_path)] == ["v1"]
 
     # 2) Killed at different moments of short train+publish cycles (some land mid-write).
     rng = np.random.default_rng(0)

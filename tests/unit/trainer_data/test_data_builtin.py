@@ -9,10 +9,10 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from anomaly_contract.errors import DataError
 from trainer import builtin_data
 from trainer.builtin_data import SENSOR_FEATURES, make_sensor_records, sensor_table
 from trainer.data import load_dataset
-from trainer.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from anomaly_contract.errors import DataError
 from trainer.data import load_dataset
-from trainer.errors import DataError
 from trainer.kafka_source import DEFAULT_TIMEOUT_S, decode_value, parse_kafka_url, split_quota
 
 

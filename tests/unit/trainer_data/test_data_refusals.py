@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly_contract.errors import AnomalyError, DataError
 from trainer.data import load_dataset, parse_image_shape
-from trainer.errors import DataError, TrainerError
 
 N = 30
 
@@ -17,7 +17,7 @@ def refused(source: str, **kwargs) -> str:
         load_dataset(source, **kwargs)
     message = str(info.value)
     assert "\n" not in message, message
-    assert isinstance(info.value, TrainerError)
+    assert isinstance(info.value, AnomalyError)
     return message
 
 

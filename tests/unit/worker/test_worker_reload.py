@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from worker_models import TrainedModel, publish
 
-from trainer.artifact import set_current
+from anomaly_contract.model_dir import set_current
 from worker.metrics import WorkerMetrics
 from worker.reload import ModelWatcher, schema_mismatch
 
@@ -77,7 +77,7 @@ def test_waits_for_a_model_to_be_published(tmp_path: Path, trained: TrainedModel
 
 
 def test_schema_mismatch_messages(model_dir: Path, trained: TrainedModel) -> None:
-    from trainer.artifact import read_manifest
+    from anomaly_contract.model_dir import read_manifest
 
     m = read_manifest(model_dir / "versions" / "v1")
     assert schema_mismatch(m, m) is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from worker_models import sensor_rows
 
-from trainer.artifact import load_bundle
+from anomaly_contract.model_dir import load_bundle
 from worker.scoring import score_batch, top_features
 
 

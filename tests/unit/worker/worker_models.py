@@ -1,4 +1,4 @@
-"""Small real models for the worker's tests, published with trainer.artifact (no trainer.fit).
+"""Small real models for the worker's tests, published with anomaly_contract.model_dir (no trainer.fit).
 
 A dense Keras autoencoder (sub-models "encoder" and "decoder") fitted a few epochs on synthetic
 correlated data, calibrated on held-out rows and published as a version of a model directory.
@@ -34,7 +34,7 @@ def sensor_rows(
 @dataclass
 class TrainedModel:
     model: object  # keras.Model
-    scaler: object  # trainer.artifact.Scaler
+    scaler: object  # anomaly_contract.artifact.Scaler
     feature_names: list[str]
     threshold: float
     calibration: object  # CalibrationStats
@@ -50,7 +50,8 @@ def train_model(
 ) -> TrainedModel:
     import keras
 
-    from trainer.artifact import Scaler, calibrate
+    from anomaly_contract.artifact import Scaler
+    from trainer.calibration import calibrate
 
     keras.utils.set_random_seed(seed)
     x, _ = sensor_rows(3000, n_features, seed=seed)
@@ -85,9 +86,8 @@ def publish(
     model_dir: Path, tm: TrainedModel, threshold: float | None = None, make_current: bool = True
 ) -> str:
     """Publish ``tm`` as the next version of ``model_dir``; returns the version name."""
-    from trainer.artifact import (
-        Manifest,
-        RowCounts,
+    from anomaly_contract.artifact import Manifest, RowCounts
+    from anomaly_contract.model_dir import (
         next_version_name,
         publish_staged,
         staging_dir,

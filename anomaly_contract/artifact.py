@@ -1,0 +1,291 @@
+"""The versioned model artifact: the one contract between trainer and worker.
+
+A version directory holds::
+
+    manifest.json         # strict, format-versioned (see `Manifest`)
+    scaler.json           # feature scaling fitted on training rows only
+    model.keras           # the Keras autoencoder (sub-models "encoder" and "decoder")
+    dense_weights.npz     # optional: the same weights as plain arrays, for NumPy scoring
+
+`ModelBundle` is a loaded version: it scales, reconstructs and scores. How versions are laid out
+in a model directory and published atomically lives in `anomaly_contract.model_dir`.
+This package holds no training code. Keras and TensorFlow are imported lazily.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from anomaly_contract.engines import DenseEngine, load_keras_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+SCALER_FILE = "scaler.json"
+MODEL_FILE = "model.keras"
+# Optional: the same weights as plain arrays for dense models, so readers can score with NumPy
+# alone (no TensorFlow import: the worker starts in ~1 s and stays ~5x smaller in memory).
+DENSE_WEIGHTS_FILE = "dense_weights.npz"
+OPTIONAL_FILES = (DENSE_WEIGHTS_FILE,)
+CURRENT_FILE = "CURRENT"
+VERSIONS_DIR = "versions"
+DEFAULT_KEEP = 10
+# Rows per inference call: bounds memory for large offline files without changing any score.
+SCORE_CHUNK_ROWS = 4096
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScalerParams(_Strict):
+    """Affine scaling ``(x - offset) / scale`` per feature; ``kind`` records how it was fitted."""
+
+    kind: Literal["minmax", "standard"]
+    offset: list[float]
+    scale: list[float]
+
+
+class CalibrationStats(_Strict):
+    """Reconstruction errors of held-out normal rows: what the worker compares live errors with."""
+
+    n: int
+    mean: float
+    std: float
+    quantiles: dict[str, float]  # "0.5" -> error at that quantile
+    histogram_edges: list[float]
+    histogram_counts: list[int]
+
+
+class RowCounts(_Strict):
+    total: int
+    train: int
+    validation: int
+    calibration: int
+    excluded_labelled: int = 0
+    excluded_flagged: int = 0
+
+
+ScoreError = Literal["mse", "mae"]
+
+
+def feature_errors(xs: np.ndarray, rec: np.ndarray, error: ScoreError) -> np.ndarray:
+    """Per-feature reconstruction errors in scaled space: squared ("mse") or absolute ("mae")."""
+    diff = np.subtract(xs, rec, dtype=np.float32)
+    return np.square(diff, out=diff) if error == "mse" else np.abs(diff, out=diff)
+
+
+class Manifest(_Strict):
+    """Everything needed to use a version without its training code."""
+
+    format_version: Literal[1] = 1
+    version: str
+    created_at: datetime
+    architecture: Literal["dense", "conv"]
+    feature_names: list[str]
+    input_shape: list[int] = Field(
+        description="the Keras model's input shape without the batch axis"
+    )
+    image_shape: list[int] | None = None
+    latent_dim: int
+    loss: Literal["mse", "bce"]
+    # How a record's per-feature reconstruction errors are measured; the score is their mean.
+    # Versions written before this field existed used squared errors, hence the default.
+    error: ScoreError = "mse"
+    denoise: float | None = None
+    threshold: float
+    percentile: float
+    calibration: CalibrationStats
+    data_source: str
+    data_fingerprint: str
+    rows: RowCounts
+    hyperparameters: dict[str, Any]
+    validation_metrics: dict[str, float]
+    library_versions: dict[str, str]
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def expected_anomaly_ratio(self) -> float:
+        """Share of normal records above the threshold implied by its percentile."""
+        return 1.0 - self.percentile / 100.0
+
+
+# --------------------------------------------------------------------------------------------
+# Scaling and calibration (pure numpy)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scaler:
+    """Per-feature affine scaling; stored as JSON, never pickled."""
+
+    kind: Literal["minmax", "standard"]
+    offset: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, kind: Literal["minmax", "standard"]) -> Scaler:
+        """Fit on training rows. Constant features get scale 1 so they never divide by zero."""
+        x = np.asarray(x, dtype=np.float64)
+        if kind == "minmax":
+            offset = x.min(axis=0)
+            scale = x.max(axis=0) - offset
+        elif kind == "standard":
+            offset = x.mean(axis=0)
+            scale = x.std(axis=0)
+        else:  # pragma: no cover - guarded by the CLI
+            raise ValueError(f"unknown scaler {kind!r}")
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        return cls(kind=kind, offset=offset, scale=scale)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float64) - self.offset) / self.scale).astype(np.float32)
+
+    def inverse_transform(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) * self.scale + self.offset
+
+    def to_params(self) -> ScalerParams:
+        return ScalerParams(kind=self.kind, offset=self.offset.tolist(), scale=self.scale.tolist())
+
+    @classmethod
+    def from_params(cls, p: ScalerParams) -> Scaler:
+        return cls(kind=p.kind, offset=np.asarray(p.offset), scale=np.asarray(p.scale))
+
+
+# The loaded model
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoreResult:
+    """Per-record anomaly scores and the per-feature errors they average."""
+
+    # (n,) float64: mean reconstruction error in scaled space (squared or absolute: manifest.error)
+    scores: np.ndarray
+    feature_errors: np.ndarray  # (n, n_features) float32
+
+    def is_anomaly(self, threshold: float) -> np.ndarray:
+        return self.scores > threshold
+
+
+@dataclass
+class ModelBundle:
+    """A published version, loaded: manifest, scaler and the fastest sound inference path.
+
+    Dense models score with `DenseEngine` (NumPy only; TensorFlow is never imported). Other
+    models use the Keras model through a traced tf.function. The Keras model itself is loaded
+    on first use of `model`, `encoder` or `decoder` when the engine makes it unnecessary.
+    """
+
+    manifest: Manifest
+    scaler: Scaler
+    path: Path
+    engine: DenseEngine | None = None
+    _model: Any = field(default=None, repr=False)
+    _infer: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def model(self) -> keras.Model:
+        with self._lock:
+            if self._model is None:
+                self._model = load_keras_model(self.path / MODEL_FILE, self.manifest.input_shape)
+            return self._model
+
+    @property
+    def inference(self) -> str:
+        """Which path scores: "numpy" or "tensorflow"."""
+        return "numpy" if self.engine is not None else "tensorflow"
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.threshold
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.manifest.feature_names
+
+    @property
+    def encoder(self) -> keras.Model:
+        return self.model.get_layer("encoder")
+
+    @property
+    def decoder(self) -> keras.Model:
+        return self.model.get_layer("decoder")
+
+    def _compiled(self) -> Any:
+        # model.predict costs tens of milliseconds per call whatever the batch size; a traced
+        # tf.function with a batch-polymorphic signature is traced once and then costs ~0.2 ms.
+        model = self.model
+        with self._lock:
+            if self._infer is None:
+                import tensorflow as tf
+
+                spec = tf.TensorSpec([None, *self.manifest.input_shape], tf.float32)
+                self._infer = tf.function(
+                    lambda x: model(x, training=False), input_signature=[spec]
+                )
+            return self._infer
+
+    def reconstruct_scaled(self, xs: np.ndarray) -> np.ndarray:
+        """Reconstruct already-scaled rows, shape (n, n_features) -> (n, n_features)."""
+        if self.engine is not None:
+            return self.engine.reconstruct(xs)
+        infer = self._compiled()
+        n = xs.shape[0]
+        out = np.empty((n, self.manifest.n_features), dtype=np.float32)
+        for start in range(0, n, SCORE_CHUNK_ROWS):
+            chunk = xs[start : start + SCORE_CHUNK_ROWS].reshape(-1, *self.manifest.input_shape)
+            rec = infer(np.ascontiguousarray(chunk, dtype=np.float32)).numpy()
+            out[start : start + chunk.shape[0]] = rec.reshape(chunk.shape[0], -1)
+        return out
+
+    def score(self, x: np.ndarray) -> ScoreResult:
+        """Score raw (unscaled) rows of shape (n, n_features)."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.manifest.n_features:
+            raise ValueError(
+                f"expected rows of {self.manifest.n_features} features, got shape {x.shape}"
+            )
+        if x.shape[0] == 0:
+            return ScoreResult(np.zeros(0), np.zeros((0, self.manifest.n_features), np.float32))
+        xs = self.scaler.transform(x)
+        rec = self.reconstruct_scaled(xs)
+        fe = feature_errors(xs, rec, self.manifest.error)
+        return ScoreResult(scores=fe.mean(axis=1, dtype=np.float64), feature_errors=fe)
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        if self.engine is not None:
+            return self.engine.encode(self.scaler.transform(x))
+        xs = self.scaler.transform(x).reshape(-1, *self.manifest.input_shape)
+        return np.asarray(self.encoder(xs, training=False)).reshape(xs.shape[0], -1)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Latent codes -> reconstructed rows in the original (unscaled) units."""
+        if self.engine is not None:
+            return self.scaler.inverse_transform(self.engine.decode(codes))
+        rec = np.asarray(self.decoder(np.asarray(codes, np.float32), training=False))
+        return self.scaler.inverse_transform(rec.reshape(rec.shape[0], -1))
+
+    def warm_up(self) -> None:
+        """Trace the inference function now so the first real batch pays nothing."""
+        self.score(np.asarray(self.scaler.offset, dtype=np.float64)[None, :])
+
+
+# --------------------------------------------------------------------------------------------

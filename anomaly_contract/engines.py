@@ -1,0 +1,162 @@
+"""Inference engines for a model version: NumPy for dense models, so scoring needs no TensorFlow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anomaly_contract.errors import ArtifactError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy inference for dense models
+# --------------------------------------------------------------------------------------------
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # Split by sign so that exp never overflows.
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+_ACTIVATIONS: dict[str, Any] = {
+    "linear": None,
+    "relu": lambda x: np.maximum(x, 0, out=x),
+    "tanh": lambda x: np.tanh(x, out=x),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0), dtype=np.float32)),
+    "sigmoid": _sigmoid,
+}
+# Layers that are the identity at inference time.
+_INFERENCE_IDENTITY = {"InputLayer", "GaussianNoise", "GaussianDropout", "Dropout"}
+
+
+@dataclass(frozen=True)
+class DenseEngine:
+    """A dense autoencoder's forward pass in NumPy float32 (the same maths Keras runs)."""
+
+    kernels: list[np.ndarray]
+    biases: list[np.ndarray]
+    activations: list[str]
+    n_encoder: int  # layers [0, n_encoder) form the encoder
+
+    def _run(self, h: np.ndarray, layers: range) -> np.ndarray:
+        h = np.asarray(h, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._layers(h, layers)
+
+    def _layers(self, h: np.ndarray, layers: range) -> np.ndarray:
+        # Extreme inputs may overflow float32: the caller turns non-finite scores into dead letters.
+        for i in layers:
+            h = h @ self.kernels[i]
+            h += self.biases[i]
+            fn = _ACTIVATIONS[self.activations[i]]
+            if fn is not None:
+                h = fn(h)
+        return h
+
+    def reconstruct(self, xs: np.ndarray) -> np.ndarray:
+        return self._run(xs, range(len(self.kernels)))
+
+    def encode(self, xs: np.ndarray) -> np.ndarray:
+        return self._run(xs, range(self.n_encoder))
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        return self._run(z, range(self.n_encoder, len(self.kernels)))
+
+    @classmethod
+    def from_keras(cls, model: keras.Model) -> DenseEngine | None:
+        """Extract the weights when every layer is Dense (or inference-time identity); else None."""
+        parts = [layer for layer in model.layers if type(layer).__name__ not in _INFERENCE_IDENTITY]
+        if [p.name for p in parts] != ["encoder", "decoder"]:
+            return None
+        kernels, biases, acts = [], [], []
+        n_encoder = 0
+        for part in parts:
+            for layer in part.layers:
+                kind = type(layer).__name__
+                if kind in _INFERENCE_IDENTITY:
+                    continue
+                if kind != "Dense":
+                    return None
+                act = layer.get_config().get("activation")
+                if not isinstance(act, str) or act not in _ACTIVATIONS:
+                    return None
+                weights = layer.get_weights()
+                kernel = np.asarray(weights[0], np.float32)
+                bias = (
+                    np.asarray(weights[1], np.float32)
+                    if len(weights) > 1
+                    else np.zeros(kernel.shape[1], np.float32)
+                )
+                kernels.append(kernel)
+                biases.append(bias)
+                acts.append(act)
+            if part.name == "encoder":
+                n_encoder = len(kernels)
+        return cls(kernels, biases, acts, n_encoder) if kernels else None
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {
+            "activations": np.asarray(self.activations, dtype=np.str_),
+            "n_encoder": np.asarray(self.n_encoder),
+        }
+        for i, (k, b) in enumerate(zip(self.kernels, self.biases, strict=True)):
+            arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = k, b
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: Path) -> DenseEngine:
+        with np.load(path, allow_pickle=False) as z:
+            acts = [str(a) for a in z["activations"]]
+            n = len(acts)
+            kernels = [z[f"kernel_{i}"].astype(np.float32) for i in range(n)]
+            biases = [z[f"bias_{i}"].astype(np.float32) for i in range(n)]
+            n_encoder = int(z["n_encoder"])
+        unknown = set(acts) - set(_ACTIVATIONS)
+        if unknown:
+            raise ArtifactError(f"{path}: unsupported activations {sorted(unknown)}")
+        for i in range(1, n):
+            if kernels[i].shape[0] != kernels[i - 1].shape[1]:
+                raise ArtifactError(f"{path}: layer {i} does not fit layer {i - 1}")
+        return cls(kernels, biases, acts, n_encoder)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def check_zip(path: Path) -> None:
+    """Both .keras and .npz files are zip archives: verify every member's CRC without Keras."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{path} is missing or corrupt: {exc}") from exc
+    if bad is not None:
+        raise ArtifactError(f"{path} is corrupt: member {bad} fails its checksum")
+
+
+def load_keras_model(model_file: Path, input_shape: Sequence[int]) -> keras.Model:
+    """The Keras autoencoder in ``model_file``, refused unless it takes ``input_shape``."""
+    import keras
+
+    try:
+        model = keras.saving.load_model(model_file, compile=False)
+    except Exception as exc:  # Keras raises many types for a corrupt file
+        raise ArtifactError(f"{model_file} cannot be loaded: {exc}") from exc
+    expected = tuple(input_shape)
+    got = tuple(model.input_shape[1:])
+    if got != expected:
+        raise ArtifactError(f"{model_file.parent}: model input shape {got} != manifest {expected}")
+    return model

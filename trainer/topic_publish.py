@@ -1,0 +1,192 @@
+"""Publishing model versions to the model topic, and promoting one there (the trainer's side)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from anomaly_contract.artifact import (
+    DEFAULT_KEEP,
+    VERSIONS_DIR,
+)
+from anomaly_contract.errors import ArtifactError, ConfigError, VersionNotFoundError
+from anomaly_contract.kafka_connection import KafkaConnection
+from anomaly_contract.model_dir import (
+    current_version,
+    normalize_version,
+    read_manifest,
+)
+from anomaly_contract.model_topic_format import (
+    DEFAULT_CHUNK_BYTES,
+    MODEL_PARTITION,
+    RECORD_OVERHEAD_BYTES,
+    Refusal,
+    TopicIndex,
+    TopicVersionInfo,
+    check_version_name,
+    current_record,
+    pack_version_dir,
+    parse_topic_url,
+    sha256_hex,
+    version_records,
+    version_sort_key,
+)
+from anomaly_contract.model_topic_io import (
+    ensure_model_topic,
+    fetch_version_blob,
+    model_producer,
+    produce_records,
+    read_topic_index,
+    with_security,
+)
+
+log = logging.getLogger(__name__)
+
+
+def publish_to_topic(
+    bootstrap: str,
+    topic: str,
+    version_dir: str | os.PathLike[str],
+    *,
+    make_current: bool = True,
+    connection: KafkaConnection | None = None,
+    producer_config: dict[str, Any] | None = None,
+    consumer_config: dict[str, Any] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    keep: int = DEFAULT_KEEP,
+) -> str:
+    """Write a published version directory to the model topic; return its version name.
+
+    Creates the topic (compacted) if needed. Publishing the same version again is harmless
+    (chunks already intact on the topic are not sent twice); a different version under a name
+    the topic already holds is refused, since it would silently replace what workers run.
+    Versions beyond the newest ``keep`` (0: keep all) are deleted with tombstones, except the
+    current one, so the topic does not grow with every retrain. ``connection`` gives the
+    security settings; ``producer_config``/``consumer_config`` go on top of them.
+    """
+    producer_config = with_security(connection, producer_config)
+    consumer_config = with_security(connection, consumer_config)
+    version_dir = Path(version_dir)
+    manifest = read_manifest(version_dir)
+    version = manifest.version
+    check_version_name(version)
+    blob = pack_version_dir(version_dir)
+    blob_sha = sha256_hex(blob)
+    max_message = ensure_model_topic(bootstrap, topic, admin_config=with_security(connection, None))
+    if not 1024 <= chunk_bytes <= max_message - RECORD_OVERHEAD_BYTES:
+        raise ConfigError(
+            f"chunk size {chunk_bytes} does not fit topic {topic} (max.message.bytes "
+            f"{max_message}): use 1024..{max_message - RECORD_OVERHEAD_BYTES}"
+        )
+    index = read_topic_index(bootstrap, topic, consumer_config=consumer_config) or TopicIndex()
+    existing = index.sealed.get(version)
+    if existing is not None and not existing.problem and existing.sha256 != blob_sha:
+        raise ArtifactError(
+            f"topic {topic} already holds a different {version} (sha256 {existing.sha256[:12]}, "
+            f"this one {blob_sha[:12]}): publish from the model directory that holds the "
+            "topic's versions, or use a new topic"
+        )
+    intact = existing is not None and not existing.problem and not index.chunk_problem(existing)
+    producer = model_producer(bootstrap, producer_config)
+    try:
+        if not intact:
+            produce_records(
+                bootstrap, topic, version_records(blob, manifest, chunk_bytes), producer
+            )
+        if make_current:
+            # Only after every chunk and the seal are acknowledged: never a current torn version.
+            current = current_record(version, blob_sha, "publish")
+            produce_records(bootstrap, topic, [current], producer)
+            index.add(MODEL_PARTITION, -1, current.key, current.value, [])
+        pruned, tombstones = index.prune_records(keep, also=[version])
+        if tombstones:
+            produce_records(bootstrap, topic, tombstones, producer)
+    finally:
+        producer.close()
+    log.info(
+        "published %s to model topic %s (%d bytes, %s)%s",
+        version,
+        topic,
+        len(blob),
+        "current" if make_current else "not current",
+        f"; deleted {', '.join(pruned)}" if pruned else "",
+    )
+    return version
+
+
+def publish_from_model_dir(
+    topic_url: str,
+    model_dir: str | os.PathLike[str],
+    version: str | None = None,
+    *,
+    make_current: bool = True,
+    connection: KafkaConnection | None = None,
+) -> str:
+    """``anomaly-trainer publish VERSION --model-dir DIR --publish-topic kafka://HOST:PORT/TOPIC``.
+
+    ``version`` defaults to the model directory's current one. Returns the version name.
+    """
+    bootstrap, topic = parse_topic_url(topic_url)
+    model_dir = Path(model_dir)
+    name = normalize_version(version) if version else current_version(model_dir)
+    if name is None:
+        raise ArtifactError(f"{model_dir} has no current version: run `anomaly-trainer fit` first")
+    path = model_dir / VERSIONS_DIR / name
+    if not path.is_dir():
+        raise VersionNotFoundError(
+            f"version {name} not found in {model_dir}: see `anomaly-trainer versions`"
+        )
+    return publish_to_topic(
+        bootstrap, topic, path, make_current=make_current, connection=connection
+    )
+
+
+def promote_on_topic(
+    bootstrap: str,
+    topic: str,
+    version: str,
+    *,
+    connection: KafkaConnection | None = None,
+    producer_config: dict[str, Any] | None = None,
+    consumer_config: dict[str, Any] | None = None,
+) -> str:
+    """Make a version already on the topic current again (rollback); verified before pointing."""
+    producer_config = with_security(connection, producer_config)
+    consumer_config = with_security(connection, consumer_config)
+    version = normalize_version(version)
+    check_version_name(version)
+    index = read_topic_index(bootstrap, topic, consumer_config=consumer_config)
+    if index is None:
+        raise ArtifactError(f"model topic {topic} does not exist: publish a version first")
+    if version not in index.sealed:
+        have = ", ".join(sorted(index.sealed, key=version_sort_key)) or "none"
+        raise VersionNotFoundError(f"version {version} is not on topic {topic} (it holds: {have})")
+    checked = index.check_version(version)
+    if isinstance(checked, Refusal):
+        raise ArtifactError(f"cannot promote on {topic}: {checked.reason}")
+    sealed, chunks = checked
+    fetch_version_blob(bootstrap, topic, sealed, chunks, consumer_config=consumer_config)
+    producer = model_producer(bootstrap, producer_config)
+    try:
+        produce_records(
+            bootstrap, topic, [current_record(version, sealed.sha256, "promote")], producer
+        )
+    finally:
+        producer.close()
+    log.info("promoted %s on model topic %s", version, topic)
+    return version
+
+
+def list_topic_versions(
+    bootstrap: str,
+    topic: str,
+    *,
+    connection: KafkaConnection | None = None,
+    consumer_config: dict[str, Any] | None = None,
+) -> list[TopicVersionInfo]:
+    """The sealed versions on the topic, oldest first; empty if the topic does not exist."""
+    consumer_config = with_security(connection, consumer_config)
+    index = read_topic_index(bootstrap, topic, consumer_config=consumer_config)
+    return index.versions() if index else []
