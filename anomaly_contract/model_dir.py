@@ -63,11 +63,23 @@ class VersionInfo:
     is_current: bool
 
 
-def _version_number(name: str) -> int:
+def version_number(name: str) -> int:
+    """3 for ``v3``; any other name is refused. The one rule for version names, here and on the
+    model topic."""
     m = _VERSION_RE.match(name)
     if not m:
         raise VersionNotFoundError(f"{name!r} is not a version name (expected v1, v2, ...)")
     return int(m.group(1))
+
+
+def check_version_name(name: str) -> None:
+    """Refuse a name that is not ``v<N>``."""
+    version_number(name)
+
+
+def version_sort_key(name: str) -> tuple[int, str]:
+    """Sorts versions by number (``v10`` after ``v9``); odd names first."""
+    return (int(name[1:]), name) if _VERSION_RE.match(name) else (-1, name)
 
 
 def normalize_version(name: str) -> str:
@@ -90,7 +102,7 @@ def _version_dirs(model_dir: Path) -> list[Path]:
     if not vdir.is_dir():
         return []
     dirs = [p for p in vdir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
-    return sorted(dirs, key=lambda p: _version_number(p.name))
+    return sorted(dirs, key=lambda p: version_number(p.name))
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -253,7 +265,7 @@ def write_version_files(
 
 def next_version_name(model_dir: str | os.PathLike[str]) -> str:
     dirs = _version_dirs(Path(model_dir))
-    return f"v{_version_number(dirs[-1].name) + 1 if dirs else 1}"
+    return f"v{version_number(dirs[-1].name) + 1 if dirs else 1}"
 
 
 def publish_staged(
@@ -291,7 +303,7 @@ def set_current(model_dir: str | os.PathLike[str], version: str) -> None:
     """Point CURRENT at an existing version (the rollback primitive)."""
     model_dir = Path(model_dir)
     name = normalize_version(version)
-    _version_number(name)
+    version_number(name)
     path = model_dir / VERSIONS_DIR / name
     if not path.is_dir():
         raise VersionNotFoundError(

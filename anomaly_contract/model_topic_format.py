@@ -55,9 +55,7 @@ from anomaly_contract.artifact import (
     Manifest,
 )
 from anomaly_contract.errors import ArtifactError, ConfigError
-from anomaly_contract.model_dir import (
-    utc_now,
-)
+from anomaly_contract.model_dir import check_version_name, utc_now, version_sort_key
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +67,6 @@ DEFAULT_CHUNK_BYTES = 512 * 1024
 # Record framing, key and headers take well under this; chunks plus it must fit max.message.bytes.
 RECORD_OVERHEAD_BYTES = 16 * 1024
 MODEL_PARTITION = 0
-_VERSION_RE = re.compile(r"^v\d+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _KEY_RE = re.compile(r"^version/(v\d+)/(?:chunk/(\d+)|(manifest))$")
@@ -195,11 +192,6 @@ def current_record(version: str, blob_sha: str, reason: str) -> TopicRecord:
     check_version_name(version)
     value = {"version": version, "sha256": blob_sha, "reason": reason, "at": utc_now().isoformat()}
     return TopicRecord(CURRENT_KEY, json.dumps(value).encode())
-
-
-def check_version_name(version: str) -> None:
-    if not _VERSION_RE.match(version):
-        raise ArtifactError(f"{version!r} is not a version name (expected v1, v2, ...)")
 
 
 def parse_topic_url(url: str) -> tuple[str, str]:
@@ -442,10 +434,6 @@ class TopicIndex:
                 )
             )
         return out
-
-
-def version_sort_key(version: str) -> tuple[int, str]:
-    return (int(version[1:]), version) if _VERSION_RE.match(version) else (-1, version)
 
 
 def _parse_current(value: bytes, offset: int) -> CurrentPointer:

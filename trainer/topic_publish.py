@@ -14,9 +14,11 @@ from anomaly_contract.artifact import (
 from anomaly_contract.errors import ArtifactError, ConfigError, VersionNotFoundError
 from anomaly_contract.kafka_connection import KafkaConnection
 from anomaly_contract.model_dir import (
+    check_version_name,
     current_version,
     normalize_version,
     read_manifest,
+    version_sort_key,
 )
 from anomaly_contract.model_topic_format import (
     DEFAULT_CHUNK_BYTES,
@@ -25,13 +27,11 @@ from anomaly_contract.model_topic_format import (
     Refusal,
     TopicIndex,
     TopicVersionInfo,
-    check_version_name,
     current_record,
     pack_version_dir,
     parse_topic_url,
     sha256_hex,
     version_records,
-    version_sort_key,
 )
 from anomaly_contract.model_topic_io import (
     ensure_model_topic,
