@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,10 +73,18 @@ def make_topics(bootstrap: str, stem: str, partitions: int) -> Topics:
 
 
 def worker_env(
-    bootstrap: str, topics: Topics, model_dir: Path, **settings: object
+    bootstrap: str,
+    topics: Topics,
+    model_dir: Path,
+    *,
+    base: Mapping[str, object] = TEST_SETTINGS,
+    **settings: object,
 ) -> dict[str, str]:
     """This process' environment without its ``ANOMALY_*`` variables, plus the worker's settings:
-    the topics, JSON logs, HTTP on 127.0.0.1 port 0, `TEST_SETTINGS`, then ``settings``."""
+    the topics, JSON logs, HTTP on 127.0.0.1 port 0, ``base``, then ``settings``.
+
+    ``base`` is `TEST_SETTINGS` (quick reloads and batches) for tests; the throughput benchmark
+    passes ``{}`` to measure the worker with its own defaults."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_")}
     values: dict[str, object] = {
         "BOOTSTRAP_SERVERS": bootstrap,
@@ -88,7 +96,7 @@ def worker_env(
         "METRICS_HOST": "127.0.0.1",
         "METRICS_PORT": 0,
         "LOG_FORMAT": "json",
-        **TEST_SETTINGS,
+        **base,
         **settings,
     }
     env.update({f"ANOMALY_{k.upper()}": str(v) for k, v in values.items()})
@@ -194,15 +202,16 @@ class WorkerProcess:
         except requests.RequestException:
             return None
 
-    def wait_ready(self, timeout_s: float = 60) -> float:
-        """Wait for /readyz 200 (partitions assigned); returns seconds since the start."""
+    def wait_ready(self, timeout_s: float = 60, poll_s: float = 0.1) -> float:
+        """Wait for /readyz 200 (partitions assigned); returns seconds since the start, to within
+        ``poll_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.assert_running()
             if self.ready():
                 self.ready_after_s = time.monotonic() - self.started
                 return self.ready_after_s
-            time.sleep(0.1)
+            time.sleep(poll_s)
         raise AssertionError(f"worker not ready within {timeout_s}s:\n{self.log_tail()}")
 
     # ------------------------------------------------------------------------------ metrics
@@ -226,7 +235,9 @@ class WorkerProcess:
     def records_total(self) -> float:
         return sum(self.counts().values())
 
-    def wait_records(self, n: float, timeout_s: float = 60) -> None:
+    def wait_records(self, n: float, timeout_s: float = 60, poll_s: float = 0.1) -> None:
+        """Wait until /metrics counts ``n`` records, scraping every ``poll_s`` (a scrape costs
+        the worker CPU: the benchmark scrapes less often)."""
         deadline = time.monotonic() + timeout_s
         while self.records_total() < n:
             self.assert_running()
@@ -234,7 +245,7 @@ class WorkerProcess:
                 raise AssertionError(
                     f"worker counted {self.records_total()} of {n} records:\n{self.log_tail()}"
                 )
-            time.sleep(0.1)
+            time.sleep(poll_s)
 
 
 @dataclass
