@@ -1,4 +1,4 @@
-"""Built-in keyed series: ``builtin:machines`` and ``builtin:machines-ar``, generated, never downloaded.
+"""Built-in keyed series: ``builtin:machines`` and ``builtin:machines-ar`` (generated, offline).
 
 Both are many machines (series keys) reporting a few channels at every tick, interleaved in time
 like a stream (row ``t * keys + k`` is machine ``k`` at tick ``t``), with labelled anomalies that
