@@ -2,7 +2,6 @@
 .DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup demo test test-fast lint bench clean
 

@@ -82,8 +82,13 @@ ScoreError = Literal["mse", "mae"]
 
 
 def feature_errors(xs: np.ndarray, rec: np.ndarray, error: ScoreError) -> np.ndarray:
-    """Per-feature reconstruction errors in scaled space: squared ("mse") or absolute ("mae")."""
-    diff = np.subtract(xs, rec, dtype=np.float32)
+    """Per-feature reconstruction errors in scaled space: squared ("mse") or absolute ("mae").
+
+    Float64: a well-reconstructed row's difference is small next to its values, so rounding it
+    to float32 would cost the score ~1e-5 of its value (and differently for the same row in
+    another batch, see `DenseEngine`).
+    """
+    diff = np.subtract(xs, rec, dtype=np.float64)
     return np.square(diff, out=diff) if error == "mse" else np.abs(diff, out=diff)
 
 
@@ -268,7 +273,7 @@ class ModelBundle:
         xs = self.scaler.transform(x)
         rec = self.reconstruct_scaled(xs)
         fe = feature_errors(xs, rec, self.manifest.error)
-        return ScoreResult(scores=fe.mean(axis=1, dtype=np.float64), feature_errors=fe)
+        return ScoreResult(scores=fe.mean(axis=1), feature_errors=fe.astype(np.float32))
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         if self.engine is not None:

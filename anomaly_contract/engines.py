@@ -32,7 +32,7 @@ _ACTIVATIONS: dict[str, Any] = {
     "linear": None,
     "relu": lambda x: np.maximum(x, 0, out=x),
     "tanh": lambda x: np.tanh(x, out=x),
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0), dtype=np.float32)),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
     "sigmoid": _sigmoid,
 }
 # Layers that are the identity at inference time.
@@ -41,20 +41,28 @@ _INFERENCE_IDENTITY = {"InputLayer", "GaussianNoise", "GaussianDropout", "Dropou
 
 @dataclass(frozen=True)
 class DenseEngine:
-    """A dense autoencoder's forward pass in NumPy float32 (the same maths Keras runs)."""
+    """A dense autoencoder's forward pass in NumPy (Keras's maths, in float64).
 
-    kernels: list[np.ndarray]
-    biases: list[np.ndarray]
+    Float64, not Keras's float32: BLAS sums a matrix product in an order that depends on how many
+    rows it is given, so in float32 a record's reconstruction changes in the last bits with the
+    batch it arrives in, and the squared error of a well-reconstructed record magnifies that
+    cancellation to ~1e-5 of its score. In float64 the same wobble is ~1e-12 of the score, so the
+    worker's micro-batches and `anomaly-trainer score` agree whatever the batch split. The weights
+    are the float32 ones Keras trained, widened exactly; the file keeps them in float32.
+    """
+
+    kernels: list[np.ndarray]  # float64
+    biases: list[np.ndarray]  # float64
     activations: list[str]
     n_encoder: int  # layers [0, n_encoder) form the encoder
 
     def _run(self, h: np.ndarray, layers: range) -> np.ndarray:
-        h = np.asarray(h, dtype=np.float32)
+        h = np.asarray(h, dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             return self._layers(h, layers)
 
     def _layers(self, h: np.ndarray, layers: range) -> np.ndarray:
-        # Extreme inputs may overflow float32: the caller turns non-finite scores into dead letters.
+        # Extreme inputs may overflow: the caller turns non-finite scores into dead letters.
         for i in layers:
             h = h @ self.kernels[i]
             h += self.biases[i]
@@ -64,10 +72,12 @@ class DenseEngine:
         return h
 
     def reconstruct(self, xs: np.ndarray) -> np.ndarray:
+        """Scaled rows -> reconstructions, float64 (see the class docstring)."""
         return self._run(xs, range(len(self.kernels)))
 
     def encode(self, xs: np.ndarray) -> np.ndarray:
-        return self._run(xs, range(self.n_encoder))
+        """Latent codes, float32 like the Keras encoder's (what `anomaly-trainer encode` writes)."""
+        return self._run(xs, range(self.n_encoder)).astype(np.float32)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         return self._run(z, range(self.n_encoder, len(self.kernels)))
@@ -91,11 +101,11 @@ class DenseEngine:
                 if not isinstance(act, str) or act not in _ACTIVATIONS:
                     return None
                 weights = layer.get_weights()
-                kernel = np.asarray(weights[0], np.float32)
+                kernel = np.asarray(weights[0], np.float64)
                 bias = (
-                    np.asarray(weights[1], np.float32)
+                    np.asarray(weights[1], np.float64)
                     if len(weights) > 1
-                    else np.zeros(kernel.shape[1], np.float32)
+                    else np.zeros(kernel.shape[1], np.float64)
                 )
                 kernels.append(kernel)
                 biases.append(bias)
@@ -110,7 +120,7 @@ class DenseEngine:
             "n_encoder": np.asarray(self.n_encoder),
         }
         for i, (k, b) in enumerate(zip(self.kernels, self.biases, strict=True)):
-            arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = k, b
+            arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = k.astype(np.float32), b.astype(np.float32)
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
 
@@ -119,8 +129,8 @@ class DenseEngine:
         with np.load(path, allow_pickle=False) as z:
             acts = [str(a) for a in z["activations"]]
             n = len(acts)
-            kernels = [z[f"kernel_{i}"].astype(np.float32) for i in range(n)]
-            biases = [z[f"bias_{i}"].astype(np.float32) for i in range(n)]
+            kernels = [z[f"kernel_{i}"].astype(np.float64) for i in range(n)]
+            biases = [z[f"bias_{i}"].astype(np.float64) for i in range(n)]
             n_encoder = int(z["n_encoder"])
         unknown = set(acts) - set(_ACTIVATIONS)
         if unknown:

@@ -124,7 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     prometheus_client.disable_created_metrics()
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)

@@ -59,7 +59,8 @@ def test_events_match_offline_scoring_for_all_three_shapes(
         assert body["id"] == f"r{i}"
         assert body["model_version"] == "v1"
         assert body["threshold"] == pytest.approx(bundle.threshold, rel=1e-12)
-        assert abs(body["score"] - offline.scores[i]) <= 1e-5 * offline.scores[i]
+        # README "Scoring": dense models, the worker and offline agree to 1e-12 whatever the batches
+        assert abs(body["score"] - offline.scores[i]) <= 1e-12 * offline.scores[i]
         assert body["severity"] == pytest.approx(body["score"] / bundle.threshold)
         assert body["source"]["timestamp_ms"] > 0
         assert len(body["top_features"]) == 3
