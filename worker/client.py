@@ -42,7 +42,14 @@ MEMBER_STABLE: str = MemberState.STABLE
 
 
 class ClientError(Exception):
-    """The broker could not be reached or refused a request; retrying may succeed."""
+    """The broker could not be reached or refused a request; retrying may succeed.
+
+    ``answered`` is True when the broker itself replied with the error (a coordinator still
+    loading, a leader moving): it is reachable. False for timeouts and lost connections."""
+
+    def __init__(self, message: str, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class CommitRefused(ClientError):
@@ -130,8 +137,11 @@ class ConsumerClient(Protocol):
     def end_offsets(self, tps: list[Partition], timeout_ms: int) -> dict[Partition, int]: ...
     def commit(self, offsets: Offsets, timeout_ms: int) -> None: ...
     def commit_async(
-        self, offsets: Offsets, on_error: Callable[[Exception], None] | None = None
-    ) -> Pending: ...
+        self, offsets: Offsets, on_done: Callable[[Exception | None], None] | None = None
+    ) -> Pending:
+        """Commit without waiting; ``on_done`` gets the seam's error or None (on the IO
+        thread)."""
+
     def group_metadata(self) -> object:
         """An opaque token for `ProducerClient.send_offsets_to_transaction`."""
 
@@ -184,15 +194,26 @@ _REFUSED_COMMIT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Replies from the broker that say "no answer" rather than answering: a request that timed out
+# (kafka-python raises this one itself), no coordinator for the group.
+_UNANSWERED_REPLIES: tuple[type[BaseException], ...] = (
+    kerr.RequestTimedOutError,
+    kerr.CoordinatorNotAvailableError,
+)
+
+
 def seam_error(exc: BaseException) -> Exception:
     """The seam's exception for a kafka-python one."""
     if isinstance(exc, _FATAL_TXN_ERRORS) or isinstance(exc.__cause__, _FATAL_TXN_ERRORS):
         return ProducerFenced(str(exc))
+    answered = isinstance(exc, kerr.BrokerResponseError) and not isinstance(
+        exc, _UNANSWERED_REPLIES
+    )
     if isinstance(exc, _REFUSED_COMMIT_ERRORS):
-        return CommitRefused(str(exc))
+        return CommitRefused(str(exc), answered=True)
     if isinstance(exc, kerr.KafkaTimeoutError):
         return RequestTimeout(str(exc))
-    return ClientError(str(exc))
+    return ClientError(str(exc), answered=answered)
 
 
 _P = ParamSpec("_P")
@@ -233,7 +254,9 @@ def client_config(s: WorkerSettings) -> dict[str, Any]:
         "bootstrap_servers": [h.strip() for h in s.bootstrap_servers.split(",") if h.strip()],
         "client_id": s.client_id,
         "request_timeout_ms": s.request_timeout_ms,
-        "reconnect_backoff_max_ms": 5000,
+        # a broker back after an outage is reconnected to within a second (readiness promises
+        # 200 again within 5 s of it serving)
+        "reconnect_backoff_max_ms": 1000,
         **security_kwargs(s),
     }
     return cfg
@@ -348,11 +371,11 @@ class KafkaConsumerClient:
         self._consumer.commit(_kafka_offsets(offsets), timeout_ms=timeout_ms)
 
     def commit_async(
-        self, offsets: Offsets, on_error: Callable[[Exception], None] | None = None
+        self, offsets: Offsets, on_done: Callable[[Exception | None], None] | None = None
     ) -> Pending:
         def callback(_offsets: Any, response: Any) -> None:
-            if on_error is not None and isinstance(response, Exception):
-                on_error(response)
+            if on_done is not None:
+                on_done(seam_error(response) if isinstance(response, Exception) else None)
 
         with _translated():
             return self._consumer.commit_async(_kafka_offsets(offsets), callback=callback)  # type: ignore[no-any-return]

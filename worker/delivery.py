@@ -6,6 +6,9 @@
 - `TransactionalDelivery` (``exactly_once``): the batch's sends and its offsets in one
   transaction; a ``read_committed`` reader sees each event once. A fenced producer raises
   `ProducerFenced`.
+
+Both tell the broker's reachability (`worker.reachability`, via `HealthState.broker`) what every
+send, acknowledgement wait and commit found.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-# Seconds without any acknowledgement after which /readyz reports the broker unreachable.
-UNACKED_NOT_READY_S = 3
 COMMIT_TIMEOUT_MS = 3000
+# How long one wait for acknowledgements lasts before the reachability is told how old the
+# oldest unacknowledged send is (worker.reachability.UNACKED_BOUND_S decides).
+ACK_WAIT_S = 0.5
 # Batches sent but not yet settled (acknowledged and due for commit) before `deliver` waits.
 MAX_INFLIGHT_BATCHES = 3
 # Retrying failed sends and commits: from 0.1 s, doubling, at most 5 s apart.
@@ -94,6 +98,25 @@ def make_delivery(
     )
 
 
+def _await_acks(
+    producer: ProducerClient,
+    sent_at: float,
+    health: HealthState,
+    should_stop: Callable[[], bool],
+) -> None:
+    """Wait until every send's outcome is in, telling the reachability how long the sends
+    begun at ``sent_at`` have been waiting; `WorkerStopped` when a stop is requested."""
+    while True:
+        try:
+            producer.flush(timeout_s=ACK_WAIT_S)
+            return
+        except RequestTimeout:
+            health.beat()  # still working: acknowledgements are slow, not stuck
+            health.broker.unacknowledged(sent_at)
+            if should_stop():
+                raise WorkerStopped() from None
+
+
 def _wait(seconds: float, health: HealthState, should_stop: Callable[[], bool]) -> None:
     """Sleep, beating the heart; `WorkerStopped` as soon as a stop is requested."""
     end = time.monotonic() + seconds
@@ -113,6 +136,7 @@ class _Batch:
 
     sent: list[tuple[OutRecord, SendResult | None]]  # None when send() itself failed
     offsets: Offsets
+    sent_at: float  # the reachability clock when the sends began
 
     def acked(self) -> bool:
         return all(f is not None and f.is_done for _, f in self.sent)
@@ -161,7 +185,7 @@ class AtLeastOnceDelivery:
 
         Always True (a batch whose commit fails is re-read: duplicates, never loss); raises
         WorkerStopped when a stop is requested while the broker does not acknowledge."""
-        batch = _Batch(self._send_all(outs), offsets)
+        batch = _Batch(self._send_all(outs), offsets, self.health.broker.now())
         if not self.pipeline:
             self._settle(batch)
             self._commit_sync()
@@ -183,6 +207,9 @@ class AtLeastOnceDelivery:
                     break
                 oldest = self._inflight.popleft()
             self._settle(oldest)
+        with self._lock:
+            waiting = next((b.sent_at for b in self._inflight if not b.acked()), None)
+        self.health.broker.unacknowledged(waiting)
         self._maybe_commit_async()
 
     def drain(self) -> None:
@@ -209,43 +236,29 @@ class AtLeastOnceDelivery:
             futures.append((o, f))
         return futures
 
-    def _flush(self) -> None:
-        waited = 0
-        while True:
-            try:
-                self.producer.flush(timeout_s=1.0)
-                return
-            except RequestTimeout:
-                waited += 1
-                self.health.beat()  # still working: acknowledgements are slow, not stuck
-                if waited >= UNACKED_NOT_READY_S:
-                    # no acknowledgement for seconds: the broker is away, say so on /readyz
-                    self.health.broker_reachable = False
-                if self.should_stop():
-                    raise WorkerStopped() from None
-
     def _settle(self, batch: _Batch) -> None:
         """Wait until every record of ``batch`` is acknowledged (re-sending failures); its
         offsets are then due for the next commit."""
         attempt = 0
         while True:
             if not batch.acked():
-                self._flush()
+                _await_acks(self.producer, batch.sent_at, self.health, self.should_stop)
             failed = batch.failed()
             if not failed:
                 break
             self.metrics.produce_errors.inc(len(failed))
-            self.health.broker_reachable = False
-            first = next((f.exception for _, f in batch.sent if f is not None and f.failed()), None)
+            first = next((f for _, f in batch.sent if f is not None and f.failed()), None)
+            error = self.producer.error_of(first) if first is not None else ClientError("not sent")
+            self.health.broker.report("sends failed", batch.sent_at, error)
             log.warning(
-                "%d of %d sends failed, retrying: %s", len(failed), len(batch.sent), first,
+                "%d of %d sends failed, retrying: %s", len(failed), len(batch.sent), error,
                 extra={"attempt": attempt},
             )  # fmt: skip
             _wait(backoff_s(attempt, RETRY_FIRST_S, RETRY_MAX_S), self.health, self.should_stop)
             attempt += 1
-            batch = _Batch(self._send_all(failed), batch.offsets)
+            batch = _Batch(self._send_all(failed), batch.offsets, self.health.broker.now())
         if batch.sent:
-            self.health.broker_reachable = True
+            self.health.broker.answered(batch.sent_at)
         self._pending_commit.update(batch.offsets)
         self._commit_due = True
 
@@ -257,9 +270,19 @@ class AtLeastOnceDelivery:
         ):
             return
         self._commit_due = False
-        self._last_commit = self.consumer.commit_async(
-            dict(self._pending_commit), on_error=self._on_commit_error
-        )
+        started = self.health.broker.now()
+
+        def on_done(error: Exception | None) -> None:
+            # runs on the client's IO thread: record, never block
+            if error is None:
+                self.health.broker.answered(started)
+                return
+            self.metrics.commit_errors.inc()
+            self._commit_due = True  # the next batch's commit carries these offsets again
+            self.health.broker.report("offset commit failed", started, error)
+            log.warning("offset commit failed (a later commit covers it): %s", error)
+
+        self._last_commit = self.consumer.commit_async(dict(self._pending_commit), on_done)
 
     def _commit_sync(self) -> None:
         assigned = self.consumer.assignment()
@@ -269,29 +292,25 @@ class AtLeastOnceDelivery:
             return
         attempt = 0
         while True:
+            started = self.health.broker.now()
             try:
                 # bounded: kafka-python retries a commit forever without a timeout, and a
                 # worker stuck there during a broker outage would neither beat nor say so
                 self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-                self.health.broker_reachable = True
+                self.health.broker.answered(started)
                 return
             except CommitRefused as exc:
                 # the group moved on: the partitions' new owner re-reads this batch
+                self.health.broker.answered(started)  # refused, but answered
                 self.metrics.commit_errors.inc()
                 log.warning("commit refused after a rebalance, batch will be re-read: %s", exc)
                 return
             except ClientError as exc:
                 self.metrics.commit_errors.inc()
-                self.health.broker_reachable = False
+                self.health.broker.report("commit failed", started, exc)
                 log.warning("commit failed, retrying: %s", exc, extra={"attempt": attempt})
                 _wait(backoff_s(attempt, RETRY_FIRST_S, RETRY_MAX_S), self.health, self.should_stop)
                 attempt += 1
-
-    def _on_commit_error(self, error: Exception) -> None:
-        # runs on the client's IO thread: record, never block
-        self.metrics.commit_errors.inc()
-        self._commit_due = True  # the next batch's commit carries these offsets again
-        log.warning("offset commit failed (a later commit covers it): %s", error)
 
     def forget(self, partitions: set[Partition]) -> None:
         """Partitions revoked: their offsets are the new owner's business."""
@@ -372,10 +391,11 @@ class TransactionalDelivery:
     def deliver(self, outs: list[OutRecord], offsets: Offsets) -> bool:
         """True when committed; False when aborted (the caller rewinds and retries the batch)."""
         p = self.producer
+        started = self.health.broker.now()
         try:
             p.begin_transaction()
             futures = [p.send(o) for o in outs]
-            p.flush()
+            _await_acks(p, started, self.health, self.should_stop)
             failed = [f for f in futures if f.failed()]
             if failed:
                 self.metrics.produce_errors.inc(len(failed))
@@ -384,11 +404,12 @@ class TransactionalDelivery:
             p.commit_transaction()
         except ClientError as exc:
             self.metrics.commit_errors.inc()
+            self.health.broker.report("transaction failed", started, exc)
             log.warning("transaction failed, aborting; the batch will be retried: %s", exc)
             self._abort()
             return False
         self.metrics.transactions.labels("committed").inc()
-        self.health.broker_reachable = True
+        self.health.broker.answered(started)
         return True
 
     def forget(self, partitions: set[Partition]) -> None:
@@ -408,21 +429,24 @@ class TransactionalDelivery:
 
     def _abort(self) -> None:
         self.metrics.transactions.labels("aborted").inc()
+        started = self.health.broker.now()
         try:
             self.producer.abort_transaction()
         except ClientError as exc:
             # the producer is in a state it cannot leave: start again with a fresh one (its
             # init_transactions aborts the open transaction on the broker)
             log.warning("abort failed (%s): recreating the transactional producer", exc)
-            self.health.broker_reachable = False
+            self.health.broker.report("abort failed", started, exc)
             with contextlib.suppress(Exception):  # closing a broken producer is best effort
                 self.producer.close(1)
             attempt = 0
             while True:
+                started = self.health.broker.now()
                 try:
                     self.producer = self._new_producer()
                     return
                 except ClientError as exc2:
+                    self.health.broker.report("transactional producer not ready", started, exc2)
                     log.warning("transactional producer not ready yet: %s", exc2)
                     _wait(
                         backoff_s(attempt, RETRY_FIRST_S, RETRY_MAX_S),

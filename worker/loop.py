@@ -37,6 +37,7 @@ from worker.http import HealthState
 from worker.membership import GroupMembership, Held
 from worker.metrics import RecentWindow, WorkerMetrics, population_stability_index
 from worker.outputs import BatchOutputs, batch_outputs, iso_utc
+from worker.reachability import PROBE_INTERVAL_S, PROBE_TIMEOUT_MS
 from worker.reload import ModelWatcher
 from worker.scoring import score_batch
 from worker.settings import WorkerSettings
@@ -80,10 +81,16 @@ class Worker:
         # per partition: the offset after the last batch delivered (for the lag)
         self._positions: dict[Partition, int] = {}
         self._lag_labels: set[Partition] = set()
+        self._ends: dict[Partition, int] = {}  # end offsets from the latest probe
+        self._next_probe = 0.0
         self._next_lag = 0.0
         self._next_stats = 0.0
         self.consumer: ConsumerClient | None = None
         self.delivery: Delivery | None = None
+        # read when scraped, so they follow the state even while the loop waits on the broker
+        broker = health.broker
+        metrics.broker_reachable.set_function(lambda: 1.0 if broker.reachable else 0.0)
+        metrics.ready.set_function(lambda: 1.0 if health.ready()[0] else 0.0)
 
     # ---------------------------------------------------------------------------------- control
     def stop(self) -> None:
@@ -143,6 +150,7 @@ class Worker:
         """Create the consumer and the producer, retrying while the broker is unreachable."""
         attempt = 0
         while not self._stop.is_set():
+            started = self.health.broker.now()
             try:
                 if self.consumer is None:
                     consumer = self._consumer_factory(self.s)
@@ -158,7 +166,7 @@ class Worker:
                 )
                 self.membership.drain = self.delivery.drain
                 self.membership.tracker.before_revoke = self.delivery.settle_before_revoke
-                self.health.broker_reachable = True
+                self.health.broker.answered(started)
                 log.info(
                     "connected",
                     extra={
@@ -170,8 +178,7 @@ class Worker:
                 )
                 return True
             except ClientError as exc:
-                self.health.broker_reachable = False
-                self.metrics.broker_reachable.set(0)
+                self.health.broker.report("cannot connect", started, exc)
                 delay = backoff_s(attempt, CONNECT_RETRY_FIRST_S, CONNECT_RETRY_MAX_S)
                 log.warning("cannot reach Kafka (%s), retrying in %.1fs", exc, delay)
                 attempt += 1
@@ -194,8 +201,7 @@ class Worker:
             self._positions.pop(tp, None)
 
     def _close(self) -> None:
-        self.health.stopping = True
-        self.metrics.ready.set(0)
+        self.health.stopping = True  # the ready gauge reads it
         self.watcher.stop()
         if self.delivery is not None and self.consumer is not None:
             try:
@@ -257,11 +263,12 @@ class Worker:
                 # 3.0 can leave a join that a short poll gave up on unfinished for good (the
                 # partitions stay assigned but are never fetched again; see worker.membership).
                 timeout_ms = max(timeout_ms, REBALANCE_POLL_MS)
+            started = self.health.broker.now()
             try:
                 polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit - count)
             except ClientError as exc:
                 log.warning("poll failed: %s", exc)
-                self.health.broker_reachable = False
+                self.health.broker.report("poll failed", started, exc)
                 self._stop.wait(1.0)
                 polled = {}
             count -= self.membership.after_poll(held, polled)
@@ -349,6 +356,10 @@ class Worker:
         if now >= self._next_stats:
             self._next_stats = now + 1.0
             self._update_window_gauges()
+        self.health.broker.coordinator(self.consumer.coordinator_known())
+        if now >= self._next_probe:
+            self._next_probe = now + PROBE_INTERVAL_S
+            self._probe()
         if now >= self._next_lag:
             self._next_lag = now + self.s.lag_refresh_s
             self._refresh_lag()
@@ -356,8 +367,6 @@ class Worker:
         self.health.partitions = n_assigned
         self.metrics.partitions_assigned.set(n_assigned)
         self.membership.check(n_assigned)
-        ready, _ = self.health.ready()
-        self.metrics.ready.set(1 if ready else 0)
 
     def _update_window_gauges(self) -> None:
         self.window.expire(time.time())
@@ -366,22 +375,27 @@ class Worker:
         if hist is not None and self._calibration_counts is not None and hist.sum() > 0:
             self.metrics.error_drift.set(population_stability_index(self._calibration_counts, hist))
 
+    def _probe(self) -> None:
+        """The broker round trip every `PROBE_INTERVAL_S` (end offsets of the assigned
+        partitions, kept for the lag): what tells an idle worker the broker went or came back."""
+        assert self.consumer is not None
+        probe = sorted(self.consumer.assignment()) or [Partition(self.s.input_topic, 0)]
+        started = self.health.broker.now()
+        try:
+            self._ends = self.consumer.end_offsets(probe, timeout_ms=PROBE_TIMEOUT_MS)
+        except ClientError as exc:
+            self._ends = {}
+            self.health.broker.report("broker not answering", started, exc)
+            return
+        self.health.broker.answered(started)
+
     def _refresh_lag(self) -> None:
-        """Lag per assigned partition, and a broker round trip that tells /readyz it answers."""
+        """Lag per assigned partition, from the latest probe's end offsets."""
         assert self.consumer is not None
         assigned = set(self.consumer.assignment())
         self.health.partitions = len(assigned)
         self.metrics.partitions_assigned.set(len(assigned))
-        probe = sorted(assigned) or [Partition(self.s.input_topic, 0)]
-        try:
-            ends = self.consumer.end_offsets(probe, timeout_ms=2000)
-            self.health.broker_reachable = True
-        except ClientError as exc:
-            if self.health.broker_reachable:
-                log.warning("broker not answering: %s", exc)
-            self.health.broker_reachable = False
-            ends = {}
-        self.metrics.broker_reachable.set(1 if self.health.broker_reachable else 0)
+        ends = self._ends
         for tp in self._lag_labels - assigned:
             self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         self._lag_labels &= assigned

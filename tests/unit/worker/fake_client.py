@@ -38,18 +38,23 @@ class FakeRecord:
 class FakeResult:
     """A send's outcome or a commit in flight: done when the test (or a flush) says so."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_done: Callable[[Exception | None], None] | None = None) -> None:
         self.is_done = False
         self.exception: BaseException | None = None
+        self._on_done = on_done
 
     def failed(self) -> bool:
         return self.is_done and self.exception is not None
 
     def success(self) -> None:
         self.is_done = True
+        if self._on_done is not None:
+            self._on_done(None)
 
-    def failure(self, exc: BaseException) -> None:
+    def failure(self, exc: Exception) -> None:
         self.is_done, self.exception = True, exc
+        if self._on_done is not None:
+            self._on_done(exc)
 
     def __await__(self) -> Generator[Any, None, None]:
         if not self.is_done:
@@ -141,6 +146,7 @@ class FakeConsumer:
         self.on_io_sleep: Callable[[int], None] | None = None
         self.on_poll: Callable[[FakeConsumer, int], None] | None = None  # (self, poll number)
         self.polls = 0
+        self.down = False  # the broker answers nothing: requests fail, polls return nothing
         self.closed = False
 
     # --- test side
@@ -174,6 +180,9 @@ class FakeConsumer:
         self.polls += 1
         if self.on_poll is not None:
             self.on_poll(self, self.polls)
+        if self.down:
+            time.sleep(min(timeout_ms, 50) / 1000)
+            return {}
         if not self.assigned and self.listener is not None:
             self.assigned = set(self.log)
             drive(self.listener.on_partitions_revoked(set()))
@@ -201,18 +210,24 @@ class FakeConsumer:
     def position(self, tp: Partition, timeout_ms: int) -> int | None:
         return self.positions[tp]
 
+    def _answer(self) -> None:
+        if self.down:
+            raise RequestTimeout("the broker does not answer")
+
     def end_offsets(self, tps: list[Partition], timeout_ms: int) -> dict[Partition, int]:
+        self._answer()
         return {tp: len(self.log[tp]) for tp in tps if tp in self.log}
 
     def commit(self, offsets: Offsets, timeout_ms: int) -> None:
+        self._answer()
         self.sync_commits.append(dict(offsets))
         self.committed_offsets.update(offsets)
 
     def commit_async(
-        self, offsets: Offsets, on_error: Callable[[Exception], None] | None = None
+        self, offsets: Offsets, on_done: Callable[[Exception | None], None] | None = None
     ) -> FakeResult:
         self.async_commits.append(dict(offsets))
-        result = FakeResult()
+        result = FakeResult(on_done)
         self.commit_results.append(result)
         if not self.hold_commits:
             result.success()

@@ -18,6 +18,7 @@ from worker.http import HealthState
 from worker.loop import EXIT_OK, Worker
 from worker.metrics import WorkerMetrics
 from worker.outputs import H_ERROR_CLASS
+from worker.reachability import PROBE_INTERVAL_S
 from worker.reload import ModelWatcher
 from worker.settings import WorkerSettings
 
@@ -161,3 +162,37 @@ def test_nothing_is_committed_before_it_is_acknowledged(model_dir: Path, pipelin
     assert run.run() == EXIT_OK
     assert all(acked_when_committed)
     assert consumer.committed_offsets == {Partition(TOPIC, 0): 1}
+
+
+def test_an_idle_worker_turns_unready_when_the_broker_stops_answering_and_back(
+    model_dir: Path,
+) -> None:
+    """Nothing flows, so only the loop's own probe can tell (worker/reachability.py)."""
+    consumer = FakeConsumer(TOPIC)
+    run = Run(model_dir, consumer)
+    consumer.on_poll = None  # runs until stopped here
+    health = run.worker.health
+    thread = threading.Thread(target=run.worker.run, daemon=True)
+    thread.start()
+
+    def wait(ready: bool, within_s: float) -> float:
+        t0 = time.monotonic()
+        while health.ready()[0] is not ready:
+            assert time.monotonic() - t0 < within_s, health.ready()
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    try:
+        wait(True, 60)
+        gauge = "anomaly_worker_broker_reachable"
+        assert run.registry.get_sample_value(gauge) == 1.0
+        consumer.down = True
+        wait(False, 2 * PROBE_INTERVAL_S)
+        assert run.registry.get_sample_value(gauge) == 0.0
+        consumer.down = False
+        wait(True, 2 * PROBE_INTERVAL_S)
+        assert run.registry.get_sample_value(gauge) == 1.0
+        assert run.registry.get_sample_value("anomaly_worker_ready") == 1.0
+    finally:
+        run.worker.stop()
+        thread.join(30)
