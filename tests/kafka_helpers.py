@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -192,6 +193,21 @@ class LocalKafka:
         deadline = time.monotonic() + 10
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def pause(self) -> None:
+        """SIGSTOP the broker: it holds its connections but answers nothing (a hung broker, or
+        a network path dropping packets) until `resume`. Outages of any length, without a
+        restart's start-up time."""
+        pid = self.pid
+        if pid is None:
+            raise KafkaBrokerError(f"no broker runs for {self.data_dir}")
+        os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a `pause`d broker: it answers again at once."""
+        pid = self.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
 
     def close(self) -> None:
         """Stop the broker and remove its data if the directory was made here."""

@@ -20,8 +20,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from worker.client import client_config
 from worker.http import HealthState, HttpEndpoints
-from worker.kafka_io import client_config
 from worker.logs import configure_logging
 from worker.loop import EXIT_ERROR, Worker
 from worker.metrics import WorkerMetrics

@@ -13,19 +13,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from worker.reachability import BrokerReachability
+
 log = logging.getLogger(__name__)
 
 
 class HealthState:
     """What /healthz and /readyz report; written by the loop, read by the HTTP thread."""
 
-    def __init__(self, liveness_timeout_s: float) -> None:
+    def __init__(self, liveness_timeout_s: float, broker: BrokerReachability | None = None) -> None:
         self.liveness_timeout_s = liveness_timeout_s
         self._last_beat = time.monotonic()
         self.model_version: str | None = None
         self.partitions = 0
-        self.broker_reachable = False
+        # the one owner of the broker's reachability; loop and delivery feed it
+        self.broker = broker if broker is not None else BrokerReachability()
         self.stopping = False
+
+    @property
+    def broker_reachable(self) -> bool:
+        return self.broker.reachable
 
     def beat(self) -> None:
         """The loop turned."""

@@ -3,8 +3,9 @@
 Each batch is finished (events and dead letters acknowledged, offsets committed) before the next
 poll. Rebalances only happen inside ``poll``, so no batch is ever half-done across one; records
 held from earlier polls of a batch whose partition was revoked meanwhile are dropped unprocessed
-(they are uncommitted: the partition's new owner reads them). A new model version is swapped in
-between batches, so every batch is scored by one version, named in its events.
+(they are uncommitted: the partition's new owner reads them; see `worker.membership`). A new
+model version is swapped in between batches, so every batch is scored by one version, named in
+its events. Kafka is reached only through `worker.client`'s seam.
 """
 
 from __future__ import annotations
@@ -14,31 +15,31 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
-from kafka import errors as kerr
-from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from anomaly_contract.artifact import ModelBundle
-from worker import decode as dec
-from worker.decode import DecodeError, FeatureSpec, decode_batch
-from worker.events import anomaly_event, dead_letter_headers, iso_utc
-from worker.http import HealthState
-from worker.kafka_io import (
-    AtLeastOnceDelivery,
-    OutRecord,
+from anomaly_contract.backoff import backoff_s
+from worker.client import (
+    ClientError,
+    ConsumerClient,
+    InRecord,
+    Offsets,
+    Partition,
+    ProducerClient,
     ProducerFenced,
-    RevocationTracker,
-    TransactionalDelivery,
-    WorkerStopped,
     make_consumer,
     make_producer,
-    restart_orphaned_join,
 )
+from worker.decode import FeatureSpec, decode_batch
+from worker.delivery import Delivery, WorkerStopped, make_delivery
+from worker.http import HealthState
+from worker.membership import GroupMembership, Held
 from worker.metrics import RecentWindow, WorkerMetrics, population_stability_index
+from worker.outputs import BatchOutputs, batch_outputs, iso_utc
+from worker.reachability import PROBE_INTERVAL_S, PROBE_TIMEOUT_MS
 from worker.reload import ModelWatcher
-from worker.scoring import score_batch, top_features
+from worker.scoring import score_batch
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 # poll timeout while no partition is assigned (rebalance in progress or idle)
 REBALANCE_POLL_MS = 1000
-# with no partition for this long although the topic has some, rejoin (a bounded number of times)
-UNASSIGNED_REJOIN_S = 10.0
-# reading a partition's committed offset after it came back in a rebalance
-COMMITTED_TIMEOUT_MS = 5000
-# a rebalance begun (partitions revoked) but not ended for this long is taken as stuck
-REBALANCE_STUCK_S = 10.0
+# connecting while the broker is unreachable: retry from 0.5 s, doubling, at most 10 s apart
+CONNECT_RETRY_FIRST_S = 0.5
+CONNECT_RETRY_MAX_S = 10.0
 
 
 class Worker:
@@ -64,8 +62,8 @@ class Worker:
         metrics: WorkerMetrics,
         health: HealthState,
         watcher: ModelWatcher,
-        consumer_factory: Callable[[WorkerSettings], Any] = make_consumer,
-        producer_factory: Callable[[WorkerSettings], Any] = make_producer,
+        consumer_factory: Callable[[WorkerSettings], ConsumerClient] = make_consumer,
+        producer_factory: Callable[[WorkerSettings], ProducerClient] = make_producer,
     ) -> None:
         self.s = settings
         self.metrics = metrics
@@ -74,22 +72,25 @@ class Worker:
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._stop = threading.Event()
-        self.tracker = RevocationTracker(metrics)
+        self.membership = GroupMembership(settings, metrics, health, self._stop)
+        self.membership.forget = self._forget
         self.window = RecentWindow(settings.stats_window_s)
         self._bundle: ModelBundle | None = None
         self._spec: FeatureSpec | None = None
         self._calibration_counts: np.ndarray | None = None
-        self._positions: dict[TopicPartition, int] = {}
-        # partitions revoked and not yet re-positioned: lowest offset dropped (or None)
-        self._reseek: dict[TopicPartition, int | None] = {}
-        self._lag_labels: set[TopicPartition] = set()
+        # per partition: the offset after the last batch delivered (for the lag)
+        self._positions: dict[Partition, int] = {}
+        self._lag_labels: set[Partition] = set()
+        self._ends: dict[Partition, int] = {}  # end offsets from the latest probe
+        self._next_probe = 0.0
         self._next_lag = 0.0
         self._next_stats = 0.0
-        self._unassigned_since = time.monotonic()
-        self._rejoins_left = 3
-        self._had_partitions = False
-        self.consumer: Any = None
-        self.delivery: AtLeastOnceDelivery | TransactionalDelivery | None = None
+        self.consumer: ConsumerClient | None = None
+        self.delivery: Delivery | None = None
+        # read when scraped, so they follow the state even while the loop waits on the broker
+        broker = health.broker
+        metrics.broker_reachable.set_function(lambda: 1.0 if broker.reachable else 0.0)
+        metrics.ready.set_function(lambda: 1.0 if health.ready()[0] else 0.0)
 
     # ---------------------------------------------------------------------------------- control
     def stop(self) -> None:
@@ -112,15 +113,7 @@ class Worker:
             if not self._connect():
                 return EXIT_OK
             while not self._stop.is_set():
-                self.health.beat()
-                self._maybe_swap()
-                held = self._collect()
-                if held:
-                    self._process(held)
-                else:
-                    assert self.delivery is not None
-                    self.delivery.tick()  # commit the last batch before a pause
-                self._periodic()
+                self.turn()
             log.info("stopping: last batch done")
             return EXIT_OK
         except WorkerStopped:
@@ -139,38 +132,41 @@ class Worker:
         finally:
             self._close()
 
+    def turn(self) -> None:
+        """One turn of the loop: swap in a new model, collect a batch and process it (or
+        commit the last one when none came), then the periodic checks."""
+        self.health.beat()
+        self._maybe_swap()
+        held = self._collect()
+        if held:
+            self._process(held)
+        else:
+            assert self.delivery is not None
+            self.delivery.tick()  # commit the last batch before a pause
+        self._periodic()
+
     # ------------------------------------------------------------------------------ connecting
     def _connect(self) -> bool:
         """Create the consumer and the producer, retrying while the broker is unreachable."""
         attempt = 0
         while not self._stop.is_set():
+            started = self.health.broker.now()
             try:
                 if self.consumer is None:
                     consumer = self._consumer_factory(self.s)
-                    self._await_topic_metadata(consumer)
-                    consumer.subscribe([self.s.input_topic], listener=self.tracker)
+                    self.membership.join(consumer)
                     self.consumer = consumer
-                    self._unassigned_since = time.monotonic()
-                stop = self._stop.is_set
-                if self.s.delivery == "exactly_once":
-                    self.delivery = TransactionalDelivery(
-                        lambda: self._producer_factory(self.s),
-                        self.consumer,
-                        self.metrics,
-                        self.health,
-                        stop,
-                    )
-                else:
-                    self.delivery = AtLeastOnceDelivery(
-                        self._producer_factory(self.s),
-                        self.consumer,
-                        self.metrics,
-                        self.health,
-                        stop,
-                        pipeline=self.s.pipeline,
-                    )
-                    self.tracker.before_revoke = self.delivery.settle_before_revoke
-                self.health.broker_reachable = True
+                self.delivery = make_delivery(
+                    self.s,
+                    self.consumer,
+                    lambda: self._producer_factory(self.s),
+                    self.metrics,
+                    self.health,
+                    self._stop.is_set,
+                )
+                self.membership.drain = self.delivery.drain
+                self.membership.tracker.before_revoke = self.delivery.settle_before_revoke
+                self.health.broker.answered(started)
                 log.info(
                     "connected",
                     extra={
@@ -181,104 +177,31 @@ class Worker:
                     },
                 )
                 return True
-            except ProducerFenced:
-                raise
-            except kerr.KafkaError as exc:
-                self.health.broker_reachable = False
-                self.metrics.broker_reachable.set(0)
-                delay = min(10.0, 0.5 * 2**attempt)
+            except ClientError as exc:
+                self.health.broker.report("cannot connect", started, exc)
+                delay = backoff_s(attempt, CONNECT_RETRY_FIRST_S, CONNECT_RETRY_MAX_S)
                 log.warning("cannot reach Kafka (%s), retrying in %.1fs", exc, delay)
                 attempt += 1
                 self.health.beat()
                 self._stop.wait(delay)
         return False
 
-    def _await_topic_metadata(self, consumer: Any, timeout_s: float = 10.0) -> None:
-        """Know the input topic's partitions before joining the group: a join without them
-        leaves kafka-python with an empty assignment until the next metadata refresh."""
-        deadline = time.monotonic() + timeout_s
-        while not self._stop.is_set():
-            consumer.topics()  # forces a metadata request
-            if consumer.partitions_for_topic(self.s.input_topic):
-                return
-            if time.monotonic() > deadline:
-                log.warning(
-                    "input topic %s has no partitions yet: waiting for it to be created",
-                    self.s.input_topic,
-                )
-                return
-            self.health.beat()
-            time.sleep(0.5)
-
-    def _check_assignment(self, n_assigned: int) -> None:
-        """Rejoin when we hold no partitions for long although the topic has some and either
-        the membership is not stable (a rejoin that never completed) or we never had any (a
-        first join that raced the topic's metadata). A stable idle member of a group with more
-        members than partitions is left alone."""
-        now = time.monotonic()
-        if n_assigned:
-            self._unassigned_since = now
-            self._rejoins_left = 0
-            self._had_partitions = True
+    def _forget(self, partitions: set[Partition] | None) -> None:
+        """Partitions revoked (None: all, on a rejoin): their batches in flight and positions
+        are void."""
+        assert self.consumer is not None
+        if partitions is None:
+            if self.delivery is not None:
+                self.delivery.forget(set(self.consumer.assignment()))
+            self._positions.clear()
             return
-        if self._had_partitions:
-            # Lost every partition: kafka-python 3.0 can end a rejoin without re-awaiting the
-            # SyncGroup (it then believes it is stable with nothing assigned); allow a few
-            # rejoins again, bounded so an idle extra replica does not cause rebalance storms.
-            self._had_partitions = False
-            self._rejoins_left = 3
-            self._unassigned_since = now
-        if now - self._unassigned_since < max(
-            UNASSIGNED_REJOIN_S, self.s.session_timeout_ms / 1000
-        ):
-            return
-        self._unassigned_since = now
-        state = getattr(self.consumer.group_metadata(), "state", None)
-        if self._rejoins_left <= 0 and state == MemberState.STABLE:
-            return
-        self.consumer.topics()
-        if self.consumer.partitions_for_topic(self.s.input_topic):
-            self._rejoins_left -= 1
-            log.warning(
-                "no partitions assigned although %s has some (membership %s): rejoining",
-                self.s.input_topic,
-                state,
-            )
-            self._rejoin()
-
-    def _check_rebalance(self) -> None:
-        """Rejoin when a rebalance began long ago and never ended.
-
-        kafka-python 3.0.12: when a poll gives up on a join that the group leader started for
-        a metadata change, the join completes in the background but its assignment is never
-        applied (the coordinator no longer thinks it needs to rejoin, so nothing awaits the
-        result). The member then keeps its partitions marked as being revoked: assigned, never
-        fetched, while the group believes it owns them. Leaving and joining again ends that."""
-        since = self.tracker.rebalancing_since
-        if since is None:
-            return
-        if time.monotonic() - since < max(REBALANCE_STUCK_S, self.s.session_timeout_ms / 1000):
-            return
-        log.warning(
-            "a rebalance began %.0fs ago and never completed: rejoining the group",
-            time.monotonic() - since,
-        )
-        self._rejoin()
-
-    def _rejoin(self) -> None:
-        """Leave the group and join again (settling the batches in flight first)."""
-        assert self.delivery is not None
-        self.delivery.drain()  # unsubscribing leaves the group without calling the listener
-        self.delivery.forget(set(self.consumer.assignment()))
-        self.consumer.unsubscribe()
-        self._reseek.clear()  # a new subscription starts every partition at its committed offset
-        self._positions.clear()
-        self.tracker.rebalancing_since = time.monotonic()
-        self.consumer.subscribe([self.s.input_topic], listener=self.tracker)
+        if self.delivery is not None:
+            self.delivery.forget(partitions)
+        for tp in partitions:
+            self._positions.pop(tp, None)
 
     def _close(self) -> None:
-        self.health.stopping = True
-        self.metrics.ready.set(0)
+        self.health.stopping = True  # the ready gauge reads it
         self.watcher.stop()
         if self.delivery is not None and self.consumer is not None:
             try:
@@ -287,7 +210,7 @@ class Worker:
                 log.warning("final commit: %s", exc)
         if self.consumer is not None:
             try:
-                self.consumer.close(autocommit=False, timeout_ms=3000)
+                self.consumer.close(timeout_s=3.0)
             except Exception as exc:  # noqa: BLE001 - closing is best effort
                 log.warning("closing the consumer: %s", exc)
         if self.delivery is not None:
@@ -326,33 +249,29 @@ class Worker:
             log.info("model swapped %s -> %s", old, bundle.version)
 
     # ----------------------------------------------------------------------------------- batch
-    def _collect(self) -> dict[TopicPartition, list[Any]]:
+    def _collect(self) -> Held:
         """Poll until the batch is full or its wait is over; drop records of revoked partitions."""
-        held: dict[TopicPartition, list[Any]] = {}
+        assert self.consumer is not None
+        held: Held = {}
         count = 0
         limit = self.s.batch_max_records
         deadline = time.monotonic() + self.s.batch_max_wait_ms / 1000.0
         while True:
             timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self.consumer.assignment() or self.tracker.rebalancing_since is not None:
+            if not self.consumer.assignment() or self.membership.rebalancing:
                 # Let poll run long enough to finish a JoinGroup/SyncGroup round: kafka-python
                 # 3.0 can leave a join that a short poll gave up on unfinished for good (the
-                # partitions stay assigned but are never fetched again; see _check_rebalance).
+                # partitions stay assigned but are never fetched again; see worker.membership).
                 timeout_ms = max(timeout_ms, REBALANCE_POLL_MS)
+            started = self.health.broker.now()
             try:
                 polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=limit - count)
-            except kerr.KafkaError as exc:
+            except ClientError as exc:
                 log.warning("poll failed: %s", exc)
-                self.health.broker_reachable = False
+                self.health.broker.report("poll failed", started, exc)
                 self._stop.wait(1.0)
                 polled = {}
-            revoked = self.tracker.take()
-            if revoked:
-                count -= self._release(revoked, held, polled)
-            if self.tracker.rebalancing_since is not None and restart_orphaned_join(self.consumer):
-                log.warning("a join finished after poll gave up on it was never applied: rejoining")
-            if self._reseek:
-                self._reposition(polled)
+            count -= self.membership.after_poll(held, polled)
             for tp, recs in polled.items():
                 held.setdefault(tp, []).extend(recs)
                 count += len(recs)
@@ -360,183 +279,70 @@ class Worker:
                 return held
             self.health.beat()
 
-    def _release(
-        self,
-        revoked: set[TopicPartition],
-        held: dict[TopicPartition, list[Any]],
-        polled: dict[TopicPartition, list[Any]],
-    ) -> int:
-        """Drop unprocessed records of revoked partitions; returns how many were held.
-
-        They are uncommitted, so whoever owns the partition next reads them again from the
-        committed offset. When that owner is this consumer (revoked and assigned back in one
-        rebalance), kafka-python keeps its old fetch position, past the dropped records (and
-        past a batch the rebalance could not commit): such partitions are sent back to the
-        committed offset once the rebalance is over (`_reposition`).
-        """
-        n_held = 0
-        for tp in revoked:
-            dropped = held.pop(tp, None) or []
-            n_held += len(dropped)
-            fresh = polled.pop(tp, None) or []
-            lowest = self._reseek.get(tp)
-            if dropped or fresh:
-                self.metrics.dropped_revoked.inc(len(dropped) + len(fresh))
-                first = min(r.offset for r in (*dropped, *fresh))
-                lowest = first if lowest is None else min(lowest, first)
-            self._reseek[tp] = lowest
-            self._positions.pop(tp, None)
-        if self.delivery is not None:
-            self.delivery.forget(revoked)
-        return n_held
-
-    def _reposition(self, polled: dict[TopicPartition, list[Any]]) -> None:
-        """Once a rebalance is over, resume the partitions that came back where their committed
-        offset says, as a fresh owner would. Records fetched before that, from the old
-        position, are dropped (the seek reads them again)."""
-        for tp in self._reseek.keys() & polled.keys():
-            self.metrics.dropped_revoked.inc(len(polled.pop(tp)))
-        if self.tracker.rebalancing_since is not None:
-            return
-        assigned = self.consumer.assignment()
-        for tp, lowest in self._reseek.items():
-            if tp in assigned:
-                self._seek_committed(tp, lowest)
-        self._reseek.clear()
-
-    def _seek_committed(self, tp: TopicPartition, lowest_dropped: int | None) -> None:
-        """Resume ``tp`` where its committed offset says, as a fresh owner would."""
-        try:
-            committed = self.consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-        except (kerr.KafkaError, AssertionError) as exc:
-            # cannot ask the group: the dropped records are certainly uncommitted, so at least
-            # go back to them
-            log.warning("cannot read the committed offset of %s (%s)", tp, exc)
-            if lowest_dropped is not None:
-                self.consumer.seek(tp, lowest_dropped)
-            return
-        if committed is not None:
-            self.consumer.seek(tp, committed)
-        elif self.s.auto_offset_reset == "earliest":
-            self.consumer.seek_to_beginning(tp)
-        elif lowest_dropped is not None:
-            self.consumer.seek(tp, lowest_dropped)
-
-    def _process(self, held: dict[TopicPartition, list[Any]]) -> None:
+    def _process(self, held: Held) -> None:
+        """Decode, score, emit and commit one batch (a batch that lost partitions meanwhile
+        is redone without them)."""
         t0 = time.perf_counter()
         bundle, spec = self._bundle, self._spec
         assert bundle is not None and spec is not None
         records = [r for recs in held.values() for r in recs]
         decoded = decode_batch([r.value for r in records], spec)
-        errors: list[tuple[int, DecodeError]] = decoded.errors
-        n_valid = decoded.x.shape[0]
-        anomaly_rows: np.ndarray = np.zeros(0, dtype=np.intp)
-        finite_scores = np.zeros(0)
-        if n_valid:
-            scored = score_batch(bundle, decoded.x)
-            if not scored.finite.all():
-                bad = np.flatnonzero(~scored.finite)
-                errors = sorted(
-                    errors
-                    + [
-                        (decoded.valid_index[j], DecodeError(dec.NON_FINITE_SCORE, "the reconstruction error overflowed"))
-                        for j in bad
-                    ],
-                    key=lambda e: e[0],
-                )  # fmt: skip
-            finite_scores = scored.scores[scored.finite]
-            anomaly_rows = np.flatnonzero(scored.is_anomaly)
-        detected_at = iso_utc(time.time())
-        version = bundle.version
-        outs: list[tuple[TopicPartition, OutRecord]] = []
-        if anomaly_rows.size:
-            tops = top_features(
-                scored.feature_errors[anomaly_rows], bundle.feature_names, self.s.top_features
-            )
-            threshold = scored.threshold
-            for j, top in zip(anomaly_rows.tolist(), tops, strict=True):
-                r = records[decoded.valid_index[j]]
-                value = anomaly_event(
-                    record_id=decoded.ids[j],
-                    score=float(scored.scores[j]),
-                    threshold=threshold,
-                    model_version=version,
-                    topic=r.topic,
-                    partition=r.partition,
-                    offset=r.offset,
-                    timestamp_ms=r.timestamp,
-                    top_features=top,
-                    detected_at=detected_at,
-                )
-                outs.append(
-                    (
-                        TopicPartition(r.topic, r.partition),
-                        OutRecord(self.s.output_topic, r.key, value, []),
-                    )
-                )
-        for pos, err in errors:
-            r = records[pos]
-            headers = dead_letter_headers(
-                list(r.headers or []),
-                error_class=err.kind,
-                message=err.message,
-                topic=r.topic,
-                partition=r.partition,
-                offset=r.offset,
-                timestamp_ms=r.timestamp,
-                model_version=version,
-                failed_at=detected_at,
-            )
-            value = r.value if (r.value is not None or r.key is not None) else b""
-            outs.append(
-                (
-                    TopicPartition(r.topic, r.partition),
-                    OutRecord(self.s.dlq_topic, r.key, value, headers),
-                )
-            )
-
+        scored = score_batch(bundle, decoded.x) if decoded.x.shape[0] else None
+        outputs = batch_outputs(
+            records,
+            decoded,
+            scored,
+            model_version=bundle.version,
+            feature_names=bundle.feature_names,
+            top_k=self.s.top_features,
+            output_topic=self.s.output_topic,
+            dlq_topic=self.s.dlq_topic,
+            detected_at=iso_utc(time.time()),
+        )
         # a partition lost outside poll (expired membership) must not be emitted for any more:
         # rare, so simply redo the batch without it
-        revoked = self.tracker.take()
+        revoked = self.membership.tracker.take()
         if revoked & held.keys():
             log.warning("partitions revoked mid-batch; their records are left to the new owner")
-            held = dict(held)
-            self._release(revoked, held, {})
-            kept = held
+            kept = dict(held)
+            self.membership.release(revoked, kept, {})
             if kept:
                 self._process(kept)
             return
-        offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "", -1) for tp, recs in held.items()}
+        offsets: Offsets = {tp: recs[-1].offset + 1 for tp, recs in held.items()}
         assert self.delivery is not None
-        ok = self.delivery.deliver([o for _, o in outs], offsets)
-        if not ok and self.s.delivery == "exactly_once":
-            self._rewind(held)
+        if not self.delivery.deliver(outputs.records, offsets):
+            self._rewind(held)  # aborted: read the batch again
             return
+        self._account(records, outputs, t0)
+        self._positions.update(offsets)
+
+    def _account(self, records: list[InRecord], outputs: BatchOutputs, t0: float) -> None:
+        """A delivered batch's metrics and recent-window statistics."""
         now = time.time()
         n = len(records)
-        n_invalid = len(errors)
-        n_anom = int(anomaly_rows.size)
+        n_invalid = len(outputs.errors)
+        n_anom = outputs.n_anomalies
         m = self.metrics
         m.records.labels("anomaly").inc(n_anom)
         m.records.labels("normal").inc(n - n_anom - n_invalid)
         if n_invalid:
             m.records.labels("invalid").inc(n_invalid)
-            for kind, k in collections.Counter(e.kind for _, e in errors).items():
+            for kind, k in collections.Counter(e.kind for _, e in outputs.errors).items():
                 m.dead_letters.labels(kind).inc(k)
         m.events.inc(n_anom)
-        m.reconstruction_error.observe_many(finite_scores)
+        m.reconstruction_error.observe_many(outputs.finite_scores)
         ts = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=n)
         m.end_to_end_latency.observe_many(np.maximum(now - ts / 1000.0, 0.0))
         m.batch_size.observe(n)
         m.batch_duration.observe(time.perf_counter() - t0)
         m.last_batch_timestamp.set(now)
-        self.window.add(now, finite_scores.size, n_anom, finite_scores)
+        self.window.add(now, outputs.finite_scores.size, n_anom, outputs.finite_scores)
         self._update_window_gauges()
-        for tp, om in offsets.items():
-            self._positions[tp] = om.offset
 
-    def _rewind(self, held: dict[TopicPartition, list[Any]]) -> None:
+    def _rewind(self, held: Held) -> None:
         """After an aborted transaction: read the batch again (same records, same results)."""
+        assert self.consumer is not None
         assigned = self.consumer.assignment()
         for tp, recs in held.items():
             if tp in assigned:
@@ -545,20 +351,22 @@ class Worker:
 
     # -------------------------------------------------------------------------------- periodic
     def _periodic(self) -> None:
+        assert self.consumer is not None
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats = now + 1.0
             self._update_window_gauges()
+        self.health.broker.coordinator(self.consumer.coordinator_known())
+        if now >= self._next_probe:
+            self._next_probe = now + PROBE_INTERVAL_S
+            self._probe()
         if now >= self._next_lag:
             self._next_lag = now + self.s.lag_refresh_s
             self._refresh_lag()
         n_assigned = len(self.consumer.assignment())
         self.health.partitions = n_assigned
         self.metrics.partitions_assigned.set(n_assigned)
-        self._check_assignment(n_assigned)
-        self._check_rebalance()
-        ready, _ = self.health.ready()
-        self.metrics.ready.set(1 if ready else 0)
+        self.membership.check(n_assigned)
 
     def _update_window_gauges(self) -> None:
         self.window.expire(time.time())
@@ -567,21 +375,27 @@ class Worker:
         if hist is not None and self._calibration_counts is not None and hist.sum() > 0:
             self.metrics.error_drift.set(population_stability_index(self._calibration_counts, hist))
 
+    def _probe(self) -> None:
+        """The broker round trip every `PROBE_INTERVAL_S` (end offsets of the assigned
+        partitions, kept for the lag): what tells an idle worker the broker went or came back."""
+        assert self.consumer is not None
+        probe = sorted(self.consumer.assignment()) or [Partition(self.s.input_topic, 0)]
+        started = self.health.broker.now()
+        try:
+            self._ends = self.consumer.end_offsets(probe, timeout_ms=PROBE_TIMEOUT_MS)
+        except ClientError as exc:
+            self._ends = {}
+            self.health.broker.report("broker not answering", started, exc)
+            return
+        self.health.broker.answered(started)
+
     def _refresh_lag(self) -> None:
-        """Lag per assigned partition, and a broker round trip that tells /readyz it answers."""
+        """Lag per assigned partition, from the latest probe's end offsets."""
+        assert self.consumer is not None
         assigned = set(self.consumer.assignment())
         self.health.partitions = len(assigned)
         self.metrics.partitions_assigned.set(len(assigned))
-        probe = sorted(assigned) or [TopicPartition(self.s.input_topic, 0)]
-        try:
-            ends = self.consumer.end_offsets(probe, timeout_ms=2000)
-            self.health.broker_reachable = True
-        except (kerr.KafkaError, AssertionError) as exc:
-            if self.health.broker_reachable:
-                log.warning("broker not answering: %s", exc)
-            self.health.broker_reachable = False
-            ends = {}
-        self.metrics.broker_reachable.set(1 if self.health.broker_reachable else 0)
+        ends = self._ends
         for tp in self._lag_labels - assigned:
             self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         self._lag_labels &= assigned
@@ -591,7 +405,7 @@ class Worker:
             if pos is None:
                 try:
                     pos = self.consumer.position(tp, timeout_ms=500)
-                except (kerr.KafkaError, AssertionError):
+                except ClientError:
                     pos = None
             if end is None or pos is None:
                 continue

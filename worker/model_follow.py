@@ -18,6 +18,7 @@ from anomaly_contract.artifact import (
     VERSIONS_DIR,
     Manifest,
 )
+from anomaly_contract.backoff import backoff_s
 from anomaly_contract.errors import ArtifactError, TopicReadError
 from anomaly_contract.model_dir import (
     publish_staged,
@@ -45,6 +46,8 @@ from anomaly_contract.model_topic_io import (
 )
 
 log = logging.getLogger(__name__)
+# Retrying a failed read of the model topic: from 1 s, doubling, up to the caller's retry period.
+RETRY_FIRST_S = 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,17 +186,22 @@ class ModelTopicReader:
         Broker and disk trouble is logged and retried: a follower that died would freeze the
         model. Callbacks run in this thread.
         """
+        failures = 0
         while not stop.is_set():
+            delay = backoff_s(failures, min(RETRY_FIRST_S, retry_s), retry_s)
             try:
                 update = self.poll(poll_timeout_s)
             except (TopicReadError, OSError) as exc:
-                log.error("model topic %s: %s; retrying in %.0fs", self.topic, exc, retry_s)
-                stop.wait(retry_s)
+                log.error("model topic %s: %s; retrying in %.0fs", self.topic, exc, delay)
+                failures += 1
+                stop.wait(delay)
                 continue
             except Exception:  # a follower that died silently would freeze the model forever
                 log.exception("model topic %s: unexpected failure; retrying", self.topic)
-                stop.wait(retry_s)
+                failures += 1
+                stop.wait(delay)
                 continue
+            failures = 0
             for refusal in self.take_refused():
                 if on_refused is not None:
                     on_refused(refusal)

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_contract.artifact import Manifest, ModelBundle
+from anomaly_contract.backoff import backoff_s
 from anomaly_contract.errors import AnomalyError, TopicReadError
 from anomaly_contract.model_dir import current_version, load_bundle
 from anomaly_contract.model_topic_format import Refusal
 from worker.metrics import WorkerMetrics
-from worker.model_follow import ModelTopicReader, TopicModelUpdate
+from worker.model_follow import RETRY_FIRST_S, ModelTopicReader, TopicModelUpdate
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,12 @@ class TopicModelWatcher(ModelWatcher):
     def wait_for_first(self, stop: threading.Event) -> ModelBundle | None:
         """Replay the topic, load its current version; wait for one if it has none yet."""
         announced = caught_up = False
+        failures = 0
         while not stop.is_set():
             self.heartbeat()
+            delay = backoff_s(
+                failures, min(RETRY_FIRST_S, self.poll_interval_s), self.poll_interval_s
+            )
             try:
                 if not caught_up:
                     update = self.reader.catch_up(self.boot_timeout_s)
@@ -217,17 +222,18 @@ class TopicModelWatcher(ModelWatcher):
                 else:
                     update = self.reader.poll(1.0)
             except (TopicReadError, OSError) as exc:
-                log.error(
-                    "model topic %s: %s; retrying in %.0fs", self.topic, exc, self.poll_interval_s
-                )
-                stop.wait(self.poll_interval_s)
+                log.error("model topic %s: %s; retrying in %.0fs", self.topic, exc, delay)
+                failures += 1
+                stop.wait(delay)
                 continue
             except Exception:  # unexpected; the broker or a later publish may fix it: retry
                 log.exception("model topic %s: unexpected failure; retrying", self.topic)
-                stop.wait(self.poll_interval_s)
+                failures += 1
+                stop.wait(delay)
                 continue
             finally:
                 self._report_refusals()
+            failures = 0
             if update is not None:
                 self._on_update(update)
                 bundle = self.take_pending()

@@ -9,12 +9,28 @@ Which valid records must have an event is decided offline with
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from kafka_helpers import ConsumedRecord, IsolationLevel, consume_all
-from worker_harness import OUTCOMES, POISON, Source, Stream, Topics, WorkerProcess
+import requests
+from kafka_helpers import ConsumedRecord, IsolationLevel, KafkaBrokerError, LocalKafka, consume_all
+from worker_harness import (
+    OUTCOMES,
+    POISON,
+    Source,
+    Stream,
+    Topics,
+    WorkerFactory,
+    WorkerProcess,
+    make_topics,
+)
 
 # Records whose offline score is this close (relative) to the threshold may be flagged either way:
 # a different batch composition can move a float32 score by ~1e-7.
@@ -134,3 +150,67 @@ def sum_counts(workers: list[WorkerProcess]) -> dict[str, float]:
         for k, v in w.counts(fresh=w.alive()).items():
             out[k] += v
     return out
+
+
+@contextlib.contextmanager
+def private_broker(
+    tmp: Path, busy_model: Path, stem: str, settings: dict[str, object]
+) -> Iterator[tuple[LocalKafka, Topics, WorkerFactory, Path]]:
+    """A broker of the test's own (it is stopped or frozen: the session's must not be), fresh
+    topics, a worker factory with ``settings``, and a copy of the busy model; all closed after."""
+    model_dir = tmp / "models"
+    shutil.copytree(busy_model, model_dir)
+    broker = LocalKafka()
+    workers = None
+    try:
+        broker.start()
+        topics = make_topics(broker.bootstrap, stem, INPUT_PARTITIONS)
+        workers = WorkerFactory(broker.bootstrap, tmp, topics, model_dir, settings)
+        yield broker, topics, workers, model_dir
+    finally:
+        with contextlib.suppress(KafkaBrokerError):
+            broker.resume()
+        if workers is not None:
+            workers.close()
+        broker.close()
+
+
+class ReadinessProbe:
+    """Samples the worker every 100 ms from a thread: (monotonic time, /readyz 200, its
+    ``broker_reachable`` field, the ``anomaly_worker_broker_reachable`` gauge == 1); None where
+    the worker did not answer."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.samples: list[tuple[float, bool | None, bool | None, bool | None]] = []
+        self._worker = worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _readyz(self) -> tuple[bool | None, bool | None]:
+        try:
+            r = requests.get(self._worker.url("/readyz"), timeout=2)
+            return r.status_code == 200, bool(r.json()["broker_reachable"])
+        except (requests.RequestException, ValueError, KeyError):
+            return None, None
+
+    def _gauge(self) -> bool | None:
+        try:
+            text = requests.get(self._worker.url("/metrics"), timeout=2).text
+        except requests.RequestException:
+            return None
+        for line in text.splitlines():
+            if line.startswith("anomaly_worker_broker_reachable "):
+                return float(line.split()[1]) == 1.0
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            self.samples.append((t, *self._readyz(), self._gauge()))
+            self._stop.wait(0.1)
+
+    def stop(self) -> list[tuple[float, bool | None, bool | None, bool | None]]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.samples

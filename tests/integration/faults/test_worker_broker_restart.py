@@ -8,17 +8,14 @@ outcome from two sides: the records, and readiness.
 from __future__ import annotations
 
 import json
-import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faults_support import FAULT_SETTINGS, INPUT_PARTITIONS, Accounting, account
-from kafka_helpers import LocalKafka
-from worker_harness import Stream, WorkerFactory, WorkerProcess, make_topics, wait_all_committed
+from faults_support import FAULT_SETTINGS, Accounting, ReadinessProbe, account, private_broker
+from worker_harness import Stream, wait_all_committed
 from worker_models import sensor_rows
 
 from anomaly_contract.model_dir import load_bundle
@@ -28,27 +25,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 N_RECORDS = 3000
 # The broker is down for its stop, 2 s and its start (~15-30 s): readiness must notice quickly.
 READY_FALSE_WITHIN_S = 5.0
-
-
-class ReadyProbe:
-    """Samples /readyz every 100 ms from a thread: [(monotonic time, True/False/None)]."""
-
-    def __init__(self, worker: WorkerProcess) -> None:
-        self.samples: list[tuple[float, bool | None]] = []
-        self._stop = threading.Event()
-        self._worker = worker
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic(), self._worker.ready()))
-            self._stop.wait(0.1)
-
-    def stop(self) -> list[tuple[float, bool | None]]:
-        self._stop.set()
-        self._thread.join(5)
-        return self.samples
+# ... and say the broker answers again within 5 s of it serving, and stay so (issue 19)
+REACHABLE_AGAIN_WITHIN_S = 5.0
+STEADY_AFTER_S = 6.0
 
 
 @dataclass
@@ -60,6 +39,7 @@ class Outage:
     t_up: float
     t_ready: float
     samples: list[tuple[float, bool | None]]
+    reachable: list[tuple[float, bool | None]]
     log: str
 
     def timeline(self) -> list[tuple[float, bool | None]]:
@@ -72,21 +52,19 @@ def outage(
 ) -> Iterator[Outage]:
     """A worker scoring a live stream while its broker is stopped and started again."""
     tmp = tmp_path_factory.mktemp("broker-restart")
-    model_dir = tmp / "models"
-    shutil.copytree(_faults_busy_published, model_dir)
-    broker = LocalKafka()
-    workers = None
-    try:
-        broker.start()
-        topics = make_topics(broker.bootstrap, "restart", INPUT_PARTITIONS)
-        workers = WorkerFactory(broker.bootstrap, tmp, topics, model_dir, FAULT_SETTINGS)
+    with private_broker(tmp, _faults_busy_published, "restart", FAULT_SETTINGS) as (
+        broker,
+        topics,
+        workers,
+        model_dir,
+    ):
         bundle = load_bundle(model_dir)
         x, _ = sensor_rows(N_RECORDS, bundle.manifest.n_features, seed=71, anomaly_rate=0.05)
         w = workers.start()
         w.wait_ready()
         stream = Stream(broker.bootstrap, topics.input, x, chunk=100, pause_s=0.2)
         w.wait_records(600)
-        probe = ReadyProbe(w)
+        probe = ReadinessProbe(w)
         t_down = time.monotonic()
         broker.stop()
         time.sleep(2.0)
@@ -98,7 +76,10 @@ def outage(
             assert time.monotonic() < deadline, w.log_tail()
             time.sleep(0.1)
         t_ready = time.monotonic()
-        samples = probe.stop()
+        time.sleep(STEADY_AFTER_S)  # watch for a flap after recovery
+        sampled = probe.stop()
+        samples = [(t, ok) for t, ok, _, _ in sampled]
+        reachable = [(t, field) for t, _, field, _ in sampled]
         assert w.alive(), w.log_tail()
         stream.join()
         wait_all_committed(broker.bootstrap, topics, [w])
@@ -106,7 +87,7 @@ def outage(
         counts = w.counts()
         log = w.log_tail(6000)
         code, _ = w.terminate()
-        result = Outage(acc, counts, code, t_down, t_up, t_ready, samples, log)
+        result = Outage(acc, counts, code, t_down, t_up, t_ready, samples, reachable, log)
         first_false = next((t for t, ok in result.timeline() if ok is False), None)
         report = {
             "outage_s": round(t_up - t_down, 1),
@@ -117,10 +98,6 @@ def outage(
         }
         print(json.dumps(report))
         yield result
-    finally:
-        if workers is not None:
-            workers.close()
-        broker.close()
 
 
 def test_broker_restart_mid_stream_worker_recovers_and_loses_nothing(outage: Outage) -> None:
@@ -142,3 +119,14 @@ def test_readyz_false_during_broker_outage_and_true_after(outage: Outage) -> Non
         f"(back after {outage.t_up - outage.t_down:.1f}s): {timeline}\n{outage.log}"
     )
     assert outage.t_ready - outage.t_up < 30  # ready again soon after the broker is back
+
+
+def test_reachable_again_soon_after_the_broker_serves_and_no_flapping(outage: Outage) -> None:
+    series = [(t - outage.t_down, v) for t, v in outage.reachable]
+    t_up = outage.t_up - outage.t_down
+    first_false = next((t for t, v in series if v is False), None)
+    assert first_false is not None and first_false <= READY_FALSE_WITHIN_S, series
+    assert all(v is False for t, v in series if first_false <= t < t_up - 0.5), series
+    first_true = next((t for t, v in series if t >= t_up - 0.5 and v is True), None)
+    assert first_true is not None and first_true - t_up <= REACHABLE_AGAIN_WITHIN_S, series
+    assert all(v is True for t, v in series if t >= first_true), f"flapped: {series}"

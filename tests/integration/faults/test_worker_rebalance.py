@@ -90,7 +90,7 @@ def test_metrics_count_each_record_once_across_two_workers(
     print(json.dumps({"worker_a": a.records_total(), "worker_b": b.records_total()}))
     assert_counts_match(sum_counts([a, b]), acc, len(x))
     # Both share the work: a member left holding partitions it never fetches (kafka-python
-    # 3.0.12's unapplied join, worked around in worker.kafka_io.restart_orphaned_join) would
+    # 3.0.12's unapplied join, worked around in worker.membership.restart_orphaned_join) would
     # leave one of them at zero.
     assert a.records_total() > 0 and b.records_total() > 0
     assert a.terminate()[0] == 0
@@ -125,7 +125,7 @@ def test_rebalance_inside_a_long_batch_loses_nothing(
     moves = [
         (e["message"], e.get("partitions"))
         for e in a.logs()
-        if e.get("logger") == "worker.kafka_io" and "partitions" in e.get("message", "")
+        if e.get("logger") == "worker.membership" and "partitions" in e.get("message", "")
     ]
     print(json.dumps({"dropped_on_revocation_by_a": dropped, "a_assignments": moves}))
     acc = account(kafka_bootstrap, topics, stream, bundle)

@@ -13,7 +13,7 @@ from worker_harness import Topics
 from worker_models import sensor_rows
 
 from anomaly_contract.model_dir import load_bundle
-from worker import events as ev
+from worker import outputs as ev
 
 pytestmark = pytest.mark.integration
 

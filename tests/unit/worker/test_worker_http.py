@@ -25,9 +25,10 @@ def test_endpoints_report_health_and_readiness() -> None:
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
         r = requests.get(f"{base}/readyz", timeout=5)
         assert r.status_code == 503 and r.json()["model_version"] is None
-        health.model_version, health.partitions, health.broker_reachable = "v1", 2, True
+        health.model_version, health.partitions = "v1", 2
+        health.broker.answered(health.broker.now())
         assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
-        health.broker_reachable = False
+        health.broker.failed("probe timed out")
         assert requests.get(f"{base}/readyz", timeout=5).json()["ok"] is False
         time.sleep(0.6)  # the loop stopped turning
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 503

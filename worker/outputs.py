@@ -1,0 +1,194 @@
+"""What a scored batch produces: anomaly events (output topic) and dead letters (DLQ topic).
+
+An anomaly event is UTF-8 JSON keyed like its input record::
+
+    {"id", "score", "threshold", "severity", "model_version",
+     "source": {"topic", "partition", "offset", "timestamp_ms"},
+     "top_features": [{"name", "error"}, ...], "detected_at"}
+
+A dead letter keeps the original key, value and headers and adds the ``dlq.*`` headers below.
+
+`batch_outputs` builds them from a decoded and scored batch: a pure function (the time is passed
+in), so the shapes and the accounting (every record scored or dead-lettered) are unit-tested
+without Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from worker import decode as dec
+from worker.client import InRecord, OutRecord
+from worker.decode import DecodedBatch, DecodeError
+from worker.scoring import BatchScores, top_features
+
+# Dead-letter headers (values are UTF-8 bytes).
+H_ERROR_CLASS = "dlq.error.class"
+H_ERROR_MESSAGE = "dlq.error.message"
+H_SOURCE_TOPIC = "dlq.source.topic"
+H_SOURCE_PARTITION = "dlq.source.partition"
+H_SOURCE_OFFSET = "dlq.source.offset"
+H_SOURCE_TIMESTAMP = "dlq.source.timestamp_ms"
+H_MODEL_VERSION = "dlq.model.version"
+H_FAILED_AT = "dlq.failed_at"
+DLQ_HEADERS = (
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_SOURCE_TOPIC,
+    H_SOURCE_PARTITION,
+    H_SOURCE_OFFSET,
+    H_SOURCE_TIMESTAMP,
+    H_MODEL_VERSION,
+    H_FAILED_AT,
+)
+_MAX_MESSAGE = 1000
+
+
+def iso_utc(ts: float) -> str:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-01-01T12:00:00.123Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def anomaly_event(
+    *,
+    record_id: Any,
+    score: float,
+    threshold: float,
+    model_version: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    top_features: list[tuple[str, float]],
+    detected_at: str,
+) -> bytes:
+    """One anomaly event as UTF-8 JSON bytes."""
+    event = {
+        "id": record_id,
+        "score": score,
+        "threshold": threshold,
+        "severity": score / threshold if threshold > 0 else None,
+        "model_version": model_version,
+        "source": {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "timestamp_ms": timestamp_ms,
+        },
+        "top_features": [{"name": n, "error": e} for n, e in top_features],
+        "detected_at": detected_at,
+    }
+    return json.dumps(event, allow_nan=False, separators=(",", ":")).encode()
+
+
+def dead_letter_headers(
+    original: list[tuple[str, bytes]] | None,
+    *,
+    error_class: str,
+    message: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    model_version: str | None,
+    failed_at: str,
+) -> list[tuple[str, bytes]]:
+    """The original headers followed by the ``dlq.*`` headers describing the failure."""
+    headers = [(k, bytes(v) if v is not None else b"") for k, v in (original or [])]
+    headers += [
+        (H_ERROR_CLASS, error_class.encode()),
+        (H_ERROR_MESSAGE, message[:_MAX_MESSAGE].encode("utf-8", "replace")),
+        (H_SOURCE_TOPIC, topic.encode()),
+        (H_SOURCE_PARTITION, str(partition).encode()),
+        (H_SOURCE_OFFSET, str(offset).encode()),
+        (H_SOURCE_TIMESTAMP, str(timestamp_ms if timestamp_ms is not None else "").encode()),
+        (H_MODEL_VERSION, (model_version or "").encode()),
+        (H_FAILED_AT, failed_at.encode()),
+    ]
+    return headers
+
+
+@dataclass(frozen=True)
+class BatchOutputs:
+    """What one batch sends, and what its metrics count."""
+
+    records: list[OutRecord]  # anomaly events first, then dead letters in batch order
+    errors: list[tuple[int, DecodeError]]  # (position in the batch, why), in batch order
+    n_anomalies: int
+    finite_scores: np.ndarray  # the scores of the rows that were scored
+
+
+def batch_outputs(
+    records: Sequence[InRecord],
+    decoded: DecodedBatch,
+    scored: BatchScores | None,
+    *,
+    model_version: str,
+    feature_names: list[str],
+    top_k: int,
+    output_topic: str,
+    dlq_topic: str,
+    detected_at: str,
+) -> BatchOutputs:
+    """Events for the anomalous rows, dead letters for the records that could not be scored
+    (decoding errors, and rows whose reconstruction error overflowed). ``scored`` is None when
+    no record decoded."""
+    errors = decoded.errors
+    outs: list[OutRecord] = []
+    n_anomalies = 0
+    finite_scores = np.zeros(0)
+    if scored is not None:
+        if not scored.finite.all():
+            overflowed = [
+                (decoded.valid_index[j], DecodeError(dec.NON_FINITE_SCORE, "the reconstruction error overflowed"))
+                for j in np.flatnonzero(~scored.finite)
+            ]  # fmt: skip
+            errors = sorted(errors + overflowed, key=lambda e: e[0])
+        finite_scores = scored.scores[scored.finite]
+        anomaly_rows = np.flatnonzero(scored.is_anomaly)
+        n_anomalies = int(anomaly_rows.size)
+        if n_anomalies:
+            tops = top_features(scored.feature_errors[anomaly_rows], feature_names, top_k)
+            for j, top in zip(anomaly_rows.tolist(), tops, strict=True):
+                r = records[decoded.valid_index[j]]
+                value = anomaly_event(
+                    record_id=decoded.ids[j],
+                    score=float(scored.scores[j]),
+                    threshold=scored.threshold,
+                    model_version=model_version,
+                    topic=r.topic,
+                    partition=r.partition,
+                    offset=r.offset,
+                    timestamp_ms=r.timestamp,
+                    top_features=top,
+                    detected_at=detected_at,
+                )
+                outs.append(OutRecord(output_topic, r.key, value, []))
+    for pos, err in errors:
+        outs.append(dead_letter(records[pos], err, dlq_topic, model_version, detected_at))
+    return BatchOutputs(outs, errors, n_anomalies, finite_scores)
+
+
+def dead_letter(
+    r: InRecord, err: DecodeError, dlq_topic: str, model_version: str, failed_at: str
+) -> OutRecord:
+    """The dead letter of ``r``: its key, value and headers, plus the ``dlq.*`` headers."""
+    headers = dead_letter_headers(
+        list(r.headers or []),
+        error_class=err.kind,
+        message=err.message,
+        topic=r.topic,
+        partition=r.partition,
+        offset=r.offset,
+        timestamp_ms=r.timestamp,
+        model_version=model_version,
+        failed_at=failed_at,
+    )
+    value = r.value if (r.value is not None or r.key is not None) else b""
+    return OutRecord(dlq_topic, r.key, value, headers)
