@@ -43,7 +43,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -55,6 +54,12 @@ from anomaly_contract.artifact import (
     Manifest,
 )
 from anomaly_contract.errors import ArtifactError, ConfigError
+from anomaly_contract.kafka_urls import (
+    BROKER_PROBLEM,
+    KafkaUrlProblem,
+    ProblemKind,
+    split_kafka_url,
+)
 from anomaly_contract.model_dir import check_version_name, utc_now, version_sort_key
 
 log = logging.getLogger(__name__)
@@ -68,7 +73,6 @@ DEFAULT_CHUNK_BYTES = 512 * 1024
 RECORD_OVERHEAD_BYTES = 16 * 1024
 MODEL_PARTITION = 0
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _KEY_RE = re.compile(r"^version/(v\d+)/(?:chunk/(\d+)|(manifest))$")
 
 
@@ -194,26 +198,25 @@ def current_record(version: str, blob_sha: str, reason: str) -> TopicRecord:
     return TopicRecord(CURRENT_KEY, json.dumps(value).encode())
 
 
+_TOPIC_USAGE = "use kafka://HOST:PORT/TOPIC"
+_TOPIC_URL_PROBLEMS: dict[ProblemKind, str] = {
+    "scheme": "invalid model topic {url!r}: " + _TOPIC_USAGE,
+    "options": "model topic {url!r} takes no options: " + _TOPIC_USAGE,
+    "broker": BROKER_PROBLEM + ": " + _TOPIC_USAGE,
+    "no_topic": "invalid or missing topic {part!r} in {url!r}: "
+    + _TOPIC_USAGE
+    + " (letters, digits, . _ -)",
+}
+_TOPIC_URL_PROBLEMS["bad_topic"] = _TOPIC_URL_PROBLEMS["no_topic"]
+
+
 def parse_topic_url(url: str) -> tuple[str, str]:
     """``kafka://HOST:PORT[,HOST:PORT...]/TOPIC`` -> (bootstrap servers, topic)."""
-    usage = "use kafka://HOST:PORT/TOPIC"
-    parts = urlsplit(url)
-    if parts.scheme != "kafka" or not parts.netloc:
-        raise ConfigError(f"invalid model topic {url!r}: {usage}")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"model topic {url!r} takes no options: {usage}")
-    servers = []
-    for server in parts.netloc.split(","):
-        host, sep, port = server.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"invalid broker address {server!r} in {url!r}: {usage}")
-        servers.append(f"{host}:{int(port)}")
-    topic = parts.path.lstrip("/")
-    if not _TOPIC_RE.match(topic):
-        raise ConfigError(
-            f"invalid or missing topic {topic!r} in {url!r}: {usage} (letters, digits, . _ -)"
-        )
-    return ",".join(servers), topic
+    try:
+        checked = split_kafka_url(url, options=False)
+    except KafkaUrlProblem as problem:
+        raise ConfigError(problem.worded(_TOPIC_URL_PROBLEMS)) from None
+    return checked.bootstrap, checked.topic
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ consumer group (nothing is committed, no group shows up on the broker), sees onl
 transactional data, and never auto-creates the topic. When N is smaller than the topic, the N
 records are shared between partitions from their starts, so the same topic gives the same rows.
 
-Values must be UTF-8 JSON objects (the worker's record shapes); the others are returned as
-``undecodable`` with a reason, for the caller to count and report.
+The values come back as they are, with where each one sits; the caller reads them as records
+with the worker's parser (`anomaly_contract.records`), which also names why a value is unusable.
 
 Security (SASL, TLS) comes from a `KafkaConnection` built by the caller; without one the read is
 PLAINTEXT. A wrong password fails like an unreachable broker, within the timeout, but says so.
@@ -16,19 +16,29 @@ PLAINTEXT. A wrong password fails like an unreachable broker, within the timeout
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from anomaly_contract.errors import DataError
 from anomaly_contract.kafka_connection import PLAINTEXT, KafkaConnection, client_log, connect_hint
+from anomaly_contract.kafka_urls import (
+    BROKER_PROBLEM,
+    KafkaUrlProblem,
+    ProblemKind,
+    split_kafka_url,
+)
 
 DEFAULT_TIMEOUT_S = 30.0
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_USAGE = "use kafka://HOST:PORT/TOPIC?max_records=N"
+_URL_PROBLEMS: dict[ProblemKind, str] = {
+    "scheme": "invalid Kafka source {url!r}: " + _USAGE,
+    "broker": BROKER_PROBLEM + ": " + _USAGE,
+    "no_topic": "no topic in {url!r}: " + _USAGE,
+    "bad_topic": "invalid topic name {part!r} in {url!r}: use letters, digits, '.', '_' and '-'",
+}
 _POLL_MS = 200
 # The reading thread enforces the timeout itself; this grace only covers a client call stuck
 # inside kafka-python (e.g. a broker vanishing mid-request).
@@ -50,34 +60,20 @@ class KafkaSpec:
 class TopicRead:
     """Result of a bounded read, in (partition, offset) order."""
 
-    records: list[tuple[str, Any]] = field(default_factory=list)  # (where, decoded JSON value)
-    undecodable: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
+    values: list[tuple[str, bytes | None]] = field(default_factory=list)  # (where, record value)
     n_read: int = 0
     partitions: int = 0
 
 
 def parse_kafka_url(url: str) -> KafkaSpec:
     """Check and split ``kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?max_records=N&timeout=S]``."""
-    usage = "use kafka://HOST:PORT/TOPIC?max_records=N"
-    parts = urlsplit(url)
-    if parts.scheme != "kafka" or not parts.netloc:
-        raise DataError(f"invalid Kafka source {url!r}: {usage}")
-    servers = []
-    for server in parts.netloc.split(","):
-        host, sep, port = server.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise DataError(f"invalid broker address {server!r} in {url!r}: {usage}")
-        servers.append(f"{host}:{int(port)}")
-    topic = parts.path.lstrip("/")
-    if not topic:
-        raise DataError(f"no topic in {url!r}: {usage}")
-    if not _TOPIC_RE.match(topic):
-        raise DataError(
-            f"invalid topic name {topic!r} in {url!r}: use letters, digits, '.', '_' and '-'"
-        )
+    try:
+        checked = split_kafka_url(url)
+    except KafkaUrlProblem as problem:
+        raise DataError(problem.worded(_URL_PROBLEMS)) from None
     max_records: int | None = None
     timeout_s = DEFAULT_TIMEOUT_S
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in parse_qsl(checked.query, keep_blank_values=True):
         if key == "max_records":
             if not value.isdigit() or int(value) < 1:
                 raise DataError(f"max_records={value!r} in {url!r} must be a positive integer")
@@ -93,24 +89,7 @@ def parse_kafka_url(url: str) -> KafkaSpec:
             raise DataError(
                 f"unknown option {key!r} in {url!r}: the options are max_records and timeout"
             )
-    return KafkaSpec(url, servers, topic, max_records, timeout_s)
-
-
-def decode_value(value: bytes | None) -> Any:
-    """A record value -> its JSON object; `ValueError` saying why when it is not one."""
-    if value is None:
-        raise ValueError("has no value (tombstone)")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("is not UTF-8 text") from None
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"is not JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"is a JSON {type(obj).__name__}, not an object")
-    return obj
+    return KafkaSpec(url, list(checked.servers), checked.topic, max_records, timeout_s)
 
 
 def split_quota(available: dict[int, int], max_records: int | None) -> dict[int, int]:
@@ -244,10 +223,5 @@ def _read_assigned(
 
     fetched.sort(key=lambda r: (r.partition, r.offset))
     out = TopicRead(n_read=len(fetched), partitions=len(tps))
-    for record in fetched:
-        where = f"partition {record.partition} offset {record.offset}"
-        try:
-            out.records.append((where, decode_value(record.value)))
-        except ValueError as exc:
-            out.undecodable.append((where, str(exc)))
+    out.values = [(f"partition {r.partition} offset {r.offset}", r.value) for r in fetched]
     return out

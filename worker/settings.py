@@ -8,7 +8,6 @@ environment itself.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +18,8 @@ from pydantic_settings import SettingsConfigDict
 
 from anomaly_contract.errors import ConfigError
 from anomaly_contract.kafka_connection import KafkaSecurity, security_problem
+from anomaly_contract.kafka_urls import is_topic_name
 from anomaly_contract.model_topic_format import parse_topic_url
-
-_TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 
 
 class WorkerSettings(KafkaSecurity):
@@ -132,7 +130,7 @@ class WorkerSettings(KafkaSecurity):
                 parse_topic_url(value)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from exc
-        elif not _TOPIC_NAME_RE.match(value):
+        elif not is_topic_name(value):
             raise ValueError(
                 f"invalid model topic {value!r}: a topic name (letters, digits, . _ -) or "
                 "kafka://HOST:PORT/TOPIC"

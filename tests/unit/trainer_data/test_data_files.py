@@ -109,6 +109,39 @@ def test_jsonl_accepts_the_three_worker_record_shapes(write_jsonl, numeric_rows,
     assert ds.labels.tolist() == [int(i == 5) for i in range(N)]
 
 
+def test_jsonl_mixing_the_three_shapes_gives_one_row_per_record(write_jsonl, numeric_rows):
+    """Names from the first record naming its features, positional lists in that order."""
+    x = numeric_rows(N, 3)
+    names = ["temp", "rpm", "load"]
+    records = []
+    for i, row in enumerate(x.tolist()):
+        named = dict(zip(names, row, strict=True))
+        rec: dict = [
+            {"features": named},
+            {"features": row},
+            {"site": "north", **dict(reversed(named.items()))},
+        ][i % 3]
+        records.append({"id": i, **rec, "label": int(i == 4)})
+    ds = load_dataset(write_jsonl(records))
+    assert ds.feature_names == names
+    np.testing.assert_allclose(ds.x, x)
+    assert ds.ids == list(range(N)) and ds.labels.tolist() == [int(i == 4) for i in range(N)]
+    # Positional records before the first named one are read in its order too.
+    ds = load_dataset(write_jsonl(records[1:2] + records[3:]))
+    assert ds.feature_names == names
+    np.testing.assert_allclose(ds.x, x[[1, *range(3, N)]])
+
+
+def test_jsonl_text_boolean_and_nested_fields_are_not_features(write_jsonl):
+    records = [
+        {"a": i, "b": 0.5 * i, "site": "north", "ok": True, "tags": [1], "meta": {"k": 1}}
+        for i in range(N)
+    ]
+    ds = load_dataset(write_jsonl(records))
+    assert ds.feature_names == ["a", "b"]
+    assert ds.labels is None and ds.ids is None
+
+
 def test_jsonl_nested_pixel_rows_give_the_image_shape(write_jsonl):
     rng = np.random.default_rng(1)
     images = rng.random((N, 4, 5))

@@ -1,4 +1,6 @@
-"""The pure parts of the Kafka source: URL parsing, value decoding, sharing max_records.
+"""The pure parts of the Kafka source: URL parsing, sharing max_records.
+
+Values are read as records by the worker's parser (tests/unit/trainer_data/test_data_record_parity.py).
 
 Reading a real topic is tested against the real broker in tests/integration/test_kafka_source.py.
 """
@@ -12,7 +14,7 @@ import pytest
 
 from anomaly_contract.errors import DataError
 from trainer.data import load_dataset
-from trainer.kafka_source import DEFAULT_TIMEOUT_S, decode_value, parse_kafka_url, split_quota
+from trainer.kafka_source import DEFAULT_TIMEOUT_S, parse_kafka_url, split_quota
 
 
 def test_parse_full_url():
@@ -47,19 +49,6 @@ def test_parse_refusals(url, fragment):
     with pytest.raises(DataError, match=fragment) as info:
         parse_kafka_url(url)
     assert "\n" not in str(info.value)
-
-
-def test_decode_value():
-    assert decode_value(b'{"id": 1, "features": [1, 2]}') == {"id": 1, "features": [1, 2]}
-    for value, reason in [
-        (None, "tombstone"),
-        (b"\xff\xfe", "not UTF-8"),
-        (b"{nope", "not JSON"),
-        (b"[1, 2]", "JSON list, not an object"),
-        (b"42", "JSON int"),
-    ]:
-        with pytest.raises(ValueError, match=reason):
-            decode_value(value)
 
 
 def test_split_quota_shares_evenly_and_refills_from_longer_partitions():

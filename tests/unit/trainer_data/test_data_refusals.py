@@ -139,40 +139,59 @@ def test_ragged_jsonl_list_lengths(write_jsonl):
     records = [{"features": [1.0, 2.0, 3.0]} for _ in range(N)]
     records[6] = {"features": [1.0, 2.0]}
     message = refused(write_jsonl(records))
-    assert "line 7" in message and "ragged" in message and "2 features" in message
+    assert "line 7: 'features' has 2 values" in message and "(wrong_length)" in message
+    assert "the 3 values of line 1" in message
 
 
-def test_ragged_jsonl_named_fields(write_jsonl):
+def test_jsonl_record_lacking_a_named_feature(write_jsonl):
     records = [{"a": 1, "b": 2} for _ in range(N)]
     records[3] = {"a": 1, "c": 5}
     message = refused(write_jsonl(records))
-    assert "line 4" in message and "lacks 'b'" in message and "extra 'c'" in message
+    assert "line 4: record lacks feature(s) b (missing_feature)" in message
+    assert "named by line 1 ('a', 'b')" in message
 
 
-def test_jsonl_mixed_record_shapes(write_jsonl):
+def test_jsonl_positional_record_must_match_the_named_features(write_jsonl):
     records = [{"features": [1.0, 2.0]} for _ in range(N)]
-    records[2] = {"f0": 1.0, "f1": 2.0}
+    records[2] = {"f0": 1.0, "f1": 2.0, "f2": 3.0}
     message = refused(write_jsonl(records))
-    assert "line 3" in message and "names its features" in message
+    assert "line 1: 'features' has 2 values, the model expects 3" in message
+    assert "named by line 3" in message
 
 
 def test_jsonl_ragged_nested_image_rows(write_jsonl):
     records = [{"features": [[1, 2], [3, 4]]} for _ in range(N)]
     records[1] = {"features": [[1, 2], [3]]}
-    assert "line 2" in refused(write_jsonl(records))
+    message = refused(write_jsonl(records))
+    assert "line 2: nested 'features' do not match the model's image shape 2x2" in message
 
 
 def test_jsonl_invalid_json_and_non_objects(write_jsonl):
-    assert "line 2 is not valid JSON" in refused(write_jsonl(['{"a": 1}', "{nope"]))
-    assert "line 1 is a JSON list" in refused(write_jsonl([[1, 2, 3]] * N))
+    message = refused(write_jsonl(['{"a": 1}', "{nope"]))
+    assert "line 2: not JSON" in message and "(not_json)" in message
+    message = refused(write_jsonl([[1, 2, 3]] * N))
+    assert "line 1: expected a JSON object, got array (wrong_shape)" in message
 
 
 def test_jsonl_non_numeric_and_null_values(write_jsonl):
     records = [{"a": i, "b": i} for i in range(N)]
     records[4] = {"a": "hot", "b": 1}
-    assert "non-numeric value 'hot' in column 'a' at line 5" in refused(write_jsonl(records))
+    assert "line 5: feature 'a' is a string, not a number" in refused(write_jsonl(records))
     records[4] = {"a": None, "b": 1}
-    assert "missing or NaN value in column 'a' at line 5" in refused(write_jsonl(records))
+    assert "line 5: feature 'a' is null (null_value)" in refused(write_jsonl(records))
+    records[4] = {"a": 1e13, "b": 1}
+    assert "line 5: feature 'a' = 1e+13 exceeds ±1e+12" in refused(write_jsonl(records))
+
+
+def test_jsonl_labels_must_be_integers_and_present(write_jsonl):
+    records = [{"a": i, "b": i, "label": 0} for i in range(N)]
+    records[6]["label"] = 0.5
+    message = refused(write_jsonl(records))
+    assert "line 7: label 0.5 in field 'label' is not an integer" in message
+    del records[6]["label"]
+    assert "line 7: record lacks the label field 'label'" in refused(write_jsonl(records))
+    message = refused(write_jsonl(records), label_column="truth")
+    assert "label column 'truth' not found" in message
 
 
 def test_jsonl_only_blank_lines(write_jsonl):
