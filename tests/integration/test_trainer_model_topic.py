@@ -9,7 +9,7 @@ from kafka_helpers import create_topic, produce_json, unique_name
 
 from trainer.builtin_data import make_sensor_records
 from trainer.cli import main as trainer_main
-from trainer.topic_publish import list_topic_versions
+from trainer.publish import list_topic_versions
 from worker.model_follow import ModelTopicReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]

@@ -1,11 +1,12 @@
-"""Publishing model versions to the model topic, and promoting one there (the trainer's side)."""
+"""Publishing a trained model: a new version in the model directory, and versions on the model
+topic (publish, promote, list: the trainer's side of the topic)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomaly_contract.artifact import (
     DEFAULT_KEEP,
@@ -15,8 +16,13 @@ from anomaly_contract.errors import ArtifactError, ConfigError, VersionNotFoundE
 from anomaly_contract.kafka_connection import KafkaConnection
 from anomaly_contract.model_dir import (
     current_version,
+    next_version_name,
     normalize_version,
+    publish_staged,
     read_manifest,
+    staging_dir,
+    utc_now,
+    write_version_files,
 )
 from anomaly_contract.model_topic_format import (
     DEFAULT_CHUNK_BYTES,
@@ -42,7 +48,27 @@ from anomaly_contract.model_topic_io import (
     with_security,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from trainer.fit import TrainedModel
+
 log = logging.getLogger(__name__)
+
+
+def publish_model(
+    trained: TrainedModel,
+    model_dir: str | Path,
+    *,
+    keep: int = DEFAULT_KEEP,
+    make_current: bool = True,
+) -> str:
+    """Write the version aside and make it current atomically; returns its name (``v3``)."""
+    with staging_dir(model_dir) as staging:
+        version = next_version_name(model_dir)
+        manifest = trained.manifest.model_copy(update={"version": version, "created_at": utc_now()})
+        write_version_files(staging, trained.model, trained.scaler, manifest)
+        published = publish_staged(model_dir, staging, keep=keep, make_current=make_current)
+    trained.manifest = manifest
+    return published
 
 
 def publish_to_topic(
