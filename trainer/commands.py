@@ -64,6 +64,13 @@ def _model_rows(ds: Any, bundle: artifact.ModelBundle) -> Any:
 
 
 def cmd_fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
+    from trainer.progress import silenced
+
+    with silenced(args.quiet):  # the topic read and publish too, not only training
+        return _fit(args, kafka)
+
+
+def _fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.fit import fit_model
     from trainer.publish import publish_from_model_dir, publish_model
     from trainer.retrain import drop_flagged, should_exclude_flagged, with_flagged_note

@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -41,7 +41,8 @@ from trainer import calibration
 from trainer.calibration import OUTLIER_FENCE_IQR, outlier_fence
 from trainer.fit_manifest import build_manifest, threshold_notes, validation_metrics
 from trainer.models import ModelSpec, make_spec
-from trainer.training import reconstruction_errors, train_network
+from trainer.progress import Progress, track
+from trainer.training import epoch_progress, reconstruction_errors, train_network
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -233,6 +234,7 @@ def cross_fitted_errors(
     batch_size: int,
     epochs: int,
     folds: int = CROSS_FIT_FOLDS,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Out-of-fold reconstruction errors of every normal row, in the rows' order.
 
@@ -240,7 +242,8 @@ def cross_fitted_errors(
     the other folds for ``epochs`` (the final model's best epoch: no early stopping, so no rows go
     to validation) and score the held-out fold. Every error comes from a model that never saw its
     row, like a calibration row's, but there are ``n`` of them instead of ~15 % of ``n``. With 3
-    folds each network trains on 2/3 of the rows, close to the final model's 70 %.
+    folds each network trains on 2/3 of the rows, close to the final model's 70 %. ``progress``
+    advances once per epoch of every fold.
     """
     n = x_normal.shape[0]
     fold_of = cross_fit_folds(n, folds, opts.seed)
@@ -256,39 +259,13 @@ def cross_fitted_errors(
             batch_size=batch_size,
             learning_rate=opts.learning_rate,
             patience=opts.patience,
+            callbacks=[epoch_progress(progress)] if progress is not None else [],
             fresh_session=False,  # the final model is alive; keep its layer names untouched
         )
         errors[held] = reconstruction_errors(
             model, scaler.transform(x_normal[held]), spec.input_shape, error
         )
     return errors
-
-
-class _ProgressLine:
-    """A compact per-epoch line on stderr (Keras' own progress bars are too chatty for logs)."""
-
-    def __init__(self, epochs: int, stream: Any = None) -> None:
-        import keras
-
-        stream = stream or sys.stderr
-        outer = self
-
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                outer.started = time.perf_counter()
-
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                logs = logs or {}
-                took = time.perf_counter() - outer.started
-                print(
-                    f"epoch {epoch + 1:>3}/{epochs}  loss {logs.get('loss', float('nan')):.5f}  "
-                    f"val_loss {logs.get('val_loss', float('nan')):.5f}  {took:.1f}s",
-                    file=stream,
-                    flush=True,
-                )
-
-        self.started = 0.0
-        self.callback = Callback()
 
 
 def fit_model(
@@ -312,7 +289,7 @@ def fit_model(
     choices = _choose_defaults(opts, x.shape[1], split)
     training = _train(x, split, choices, opts, say, quiet=quiet)
     heldout = _score_heldout(split, choices, training)
-    threshold = _calibrate(x, split, choices, training, heldout, opts, say)
+    threshold = _calibrate(x, split, choices, training, heldout, opts, say, quiet=quiet)
     notes = threshold_notes(split, choices, threshold, opts)
     manifest = build_manifest(
         x,
@@ -435,18 +412,18 @@ def _train(
         f"{split.calibration.size}"
         + (f"; {split.anomalies.size} labelled anomalies left out" if split.anomalies.size else "")
     )
-    callbacks: list[Any] = [] if quiet else [_ProgressLine(opts.epochs).callback]
     started = time.perf_counter()
-    model, history = train_network(
-        spec,
-        xs[split.train],
-        xs[split.validation],
-        epochs=opts.epochs,
-        batch_size=choices.batch_size,
-        learning_rate=opts.learning_rate,
-        patience=opts.patience,
-        callbacks=callbacks,
-    )
+    with track("training", opts.epochs, unit="epoch", quiet=quiet) as progress:
+        model, history = train_network(
+            spec,
+            xs[split.train],
+            xs[split.validation],
+            epochs=opts.epochs,
+            batch_size=choices.batch_size,
+            learning_rate=opts.learning_rate,
+            patience=opts.patience,
+            callbacks=[epoch_progress(progress)],
+        )
     seconds = time.perf_counter() - started
     val_losses = history.get("val_loss", [])
     best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else len(history["loss"])
@@ -481,6 +458,8 @@ def _calibrate(
     heldout: Heldout,
     opts: FitOptions,
     say: Callable[[str], None],
+    *,
+    quiet: bool,
 ) -> Threshold:
     """The threshold: a percentile of held-out or cross-fitted errors, fenced against outliers."""
     started = time.perf_counter()
@@ -490,16 +469,19 @@ def _calibrate(
             f"{training.best_epoch} epochs, each scoring the 1/{choices.folds} of the "
             f"{split.normal.size} normal rows it did not see"
         )
-        errors = cross_fitted_errors(
-            x[split.normal],
-            choices.spec,
-            opts,
-            choices.scaler_kind,
-            choices.error,
-            choices.batch_size,
-            training.best_epoch,
-            choices.folds,
-        )
+        total = choices.folds * training.best_epoch
+        with track("cross-fitting", total, unit="epoch", quiet=quiet) as progress:
+            errors = cross_fitted_errors(
+                x[split.normal],
+                choices.spec,
+                opts,
+                choices.scaler_kind,
+                choices.error,
+                choices.batch_size,
+                training.best_epoch,
+                choices.folds,
+                progress,
+            )
         rows = split.normal
     else:
         errors, rows = heldout.calibration_errors, split.calibration

@@ -30,6 +30,7 @@ from anomaly_contract.model_topic_format import (
     RECORD_OVERHEAD_BYTES,
     Refusal,
     TopicIndex,
+    TopicRecord,
     TopicVersionInfo,
     check_version_name,
     current_record,
@@ -47,11 +48,14 @@ from anomaly_contract.model_topic_io import (
     read_topic_index,
     with_security,
 )
+from trainer.progress import track
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.fit import TrainedModel
 
 log = logging.getLogger(__name__)
+# A version is sent in about this many acknowledged batches, so that its progress can move.
+SEND_BATCHES = 20
 
 
 def publish_model(
@@ -118,9 +122,8 @@ def publish_to_topic(
     producer = model_producer(bootstrap, producer_config)
     try:
         if not intact:
-            produce_records(
-                bootstrap, topic, version_records(blob, manifest, chunk_bytes), producer
-            )
+            records = version_records(blob, manifest, chunk_bytes)
+            _send_version(bootstrap, topic, version, records, producer)
         if make_current:
             # Only after every chunk and the seal are acknowledged: never a current torn version.
             current = current_record(version, blob_sha, "publish")
@@ -140,6 +143,19 @@ def publish_to_topic(
         f"; deleted {', '.join(pruned)}" if pruned else "",
     )
     return version
+
+
+def _send_version(
+    bootstrap: str, topic: str, version: str, records: list[TopicRecord], producer: Any
+) -> None:
+    """Send a version's chunks and seal in order, in acknowledged batches, showing progress."""
+    size = max(1, -(-len(records) // SEND_BATCHES))
+    total = sum(len(r.value or b"") for r in records)
+    with track(f"sending {version} to {topic}", total, unit="B", unit_scale=True) as progress:
+        for start in range(0, len(records), size):
+            batch = records[start : start + size]
+            produce_records(bootstrap, topic, batch, producer)
+            progress.advance(sum(len(r.value or b"") for r in batch))
 
 
 def publish_from_model_dir(

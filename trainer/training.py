@@ -12,6 +12,7 @@ import numpy as np
 from anomaly_contract import artifact
 from anomaly_contract.errors import AnomalyError
 from trainer.models import ModelSpec, build_autoencoder, compile_autoencoder
+from trainer.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -80,6 +81,19 @@ def train_network(
             "training diverged (loss became NaN): try a lower learning rate or --scaler standard"
         )
     return model, history
+
+
+def epoch_progress(progress: Progress) -> Any:
+    """A Keras callback that advances ``progress`` by one per epoch, with loss and val_loss."""
+    import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            figures = {k: float(logs[k]) for k in ("loss", "val_loss") if k in logs}
+            progress.advance(1, **figures)
+
+    return EpochProgress()
 
 
 def reconstruction_errors(
