@@ -1,4 +1,5 @@
-"""Calibration: the threshold from held-out normal errors, and a summary of their distribution."""
+"""Calibration: the threshold from held-out normal errors, the fence that leaves anomalies hiding
+among them out, and a summary of their distribution."""
 
 from __future__ import annotations
 
@@ -15,6 +16,25 @@ if TYPE_CHECKING:  # pragma: no cover
     pass
 
 CALIBRATION_QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999)
+# Tukey's "far out" fence: Q3 + 3 IQR. On log errors it lies ~4.7 standard deviations above the
+# median of a log-normal, so it leaves out about one row in a million of a clean distribution.
+OUTLIER_FENCE_IQR = 3.0
+
+
+def outlier_fence(errors: np.ndarray, k: float = OUTLIER_FENCE_IQR) -> float:
+    """The error above which a calibration row counts as an anomaly among the normal rows.
+
+    Tukey's upper fence ``Q3 + k * IQR`` computed on log errors (reconstruction errors are
+    heavy-tailed and log-normal-ish) and mapped back; infinite when ``k <= 0`` or the quartiles
+    coincide (no spread to measure against).
+    """
+    if k <= 0 or errors.size == 0:
+        return math.inf
+    logs = np.log(np.maximum(np.asarray(errors, dtype=np.float64), 1e-12))
+    q1, q3 = np.percentile(logs, [25, 75])
+    if not q3 > q1:
+        return math.inf
+    return float(np.exp(q3 + k * (q3 - q1)))
 
 
 def calibrate(

@@ -30,6 +30,7 @@ from anomaly_contract.kafka_urls import (
     ProblemKind,
     split_kafka_url,
 )
+from trainer.progress import track
 
 DEFAULT_TIMEOUT_S = 30.0
 _USAGE = "use kafka://HOST:PORT/TOPIC?max_records=N"
@@ -205,21 +206,24 @@ def _read_assigned(
         consumer.seek(tps[p], begin[tps[p]])
 
     fetched: list[Any] = []
-    while active:
-        if time.monotonic() > deadline:
-            wanted = sum(quota.values())
-            raise DataError(
-                f"{spec.url}: timed out after {spec.timeout_s:g}s with {len(fetched)} of "
-                f"{wanted} records read; raise ?timeout= or lower ?max_records="
-            )
-        batch = consumer.poll(timeout_ms=min(_POLL_MS, remaining_ms()))
-        for tp, records in batch.items():
-            fetched.extend(r for r in records if r.offset < stop[tp.partition])
-        for p in list(active):
-            # The position also moves past transaction markers, which are never returned.
-            if consumer.position(tps[p], timeout_ms=remaining_ms()) >= stop[p]:
-                active.discard(p)
-                consumer.pause(tps[p])
+    with track(f"reading {spec.topic}", sum(quota.values()), unit="record") as progress:
+        while active:
+            if time.monotonic() > deadline:
+                wanted = sum(quota.values())
+                raise DataError(
+                    f"{spec.url}: timed out after {spec.timeout_s:g}s with {len(fetched)} of "
+                    f"{wanted} records read; raise ?timeout= or lower ?max_records="
+                )
+            batch = consumer.poll(timeout_ms=min(_POLL_MS, remaining_ms()))
+            before = len(fetched)
+            for tp, records in batch.items():
+                fetched.extend(r for r in records if r.offset < stop[tp.partition])
+            progress.advance(len(fetched) - before)
+            for p in list(active):
+                # The position also moves past transaction markers, which are never returned.
+                if consumer.position(tps[p], timeout_ms=remaining_ms()) >= stop[p]:
+                    active.discard(p)
+                    consumer.pause(tps[p])
 
     fetched.sort(key=lambda r: (r.partition, r.offset))
     out = TopicRead(n_read=len(fetched), partitions=len(tps))

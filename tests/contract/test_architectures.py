@@ -17,7 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from anomaly_contract.model_dir import load_bundle  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
-from trainer.fit import FitOptions, TrainedModel, fit_model, publish_model  # noqa: E402
+from trainer.fit import FitOptions, TrainedModel, fit_model  # noqa: E402
+from trainer.publish import publish_model  # noqa: E402
 
 ARCHITECTURES = {
     # Images denoise by default (noise 0.1); "conv" turns that off to keep the plain path covered.

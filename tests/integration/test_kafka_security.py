@@ -33,7 +33,7 @@ from anomaly_contract.model_dir import current_version, load_bundle
 from trainer.builtin_data import make_sensor_records
 from trainer.cli import main as trainer_main
 from trainer.kafka_source import read_topic
-from trainer.topic_publish import list_topic_versions
+from trainer.publish import list_topic_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

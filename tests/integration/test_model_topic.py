@@ -36,7 +36,7 @@ from anomaly_contract.model_topic_format import (
     version_records,
 )
 from trainer.calibration import calibrate
-from trainer.topic_publish import (
+from trainer.publish import (
     list_topic_versions,
     promote_on_topic,
     publish_from_model_dir,

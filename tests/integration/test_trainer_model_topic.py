@@ -7,9 +7,10 @@ import json
 import pytest
 from kafka_helpers import create_topic, produce_json, unique_name
 
+from anomaly_contract.model_dir import current_version, load_bundle, load_version_dir
 from trainer.builtin_data import make_sensor_records
 from trainer.cli import main as trainer_main
-from trainer.topic_publish import list_topic_versions
+from trainer.publish import list_topic_versions
 from worker.model_follow import ModelTopicReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -49,8 +50,8 @@ def test_fit_publishes_to_topic_and_retrain_from_stream_leaves_out_flagged_rows(
     with ModelTopicReader(bootstrap, topic, tmp_path / "cache") as reader:
         update = reader.catch_up(timeout_s=30)
     assert update is not None and update.version == "v1"
-    assert model_dir.load_version_dir(update.path).threshold == pytest.approx(
-        model_dir.load_bundle(model_dir).threshold, rel=1e-12
+    assert load_version_dir(update.path).threshold == pytest.approx(
+        load_bundle(model_dir).threshold, rel=1e-12
     )
 
     # Retrain from the scored stream: rows v1 flags are left out by default.
@@ -74,7 +75,7 @@ def test_fit_publishes_to_topic_and_retrain_from_stream_leaves_out_flagged_rows(
         )
         == 0
     )
-    v2 = model_dir.load_bundle(model_dir)
+    v2 = load_bundle(model_dir)
     assert v2.version == "v2"
     excluded = v2.manifest.rows.excluded_flagged
     # v1 flags about 1% of normal rows plus most injected anomalies.
@@ -92,7 +93,7 @@ def test_fit_publishes_to_topic_and_retrain_from_stream_leaves_out_flagged_rows(
         )
         == 0
     )
-    assert model_dir.load_bundle(model_dir).manifest.rows.excluded_flagged == 0
+    assert load_bundle(model_dir).manifest.rows.excluded_flagged == 0
 
     # Rollback through the topic, then list it.
     assert (
@@ -110,7 +111,7 @@ def test_fit_publishes_to_topic_and_retrain_from_stream_leaves_out_flagged_rows(
     )
     listed = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["current"]) for r in listed] == [("v1", True), ("v2", False)]
-    assert model_dir.current_version(model_dir) == "v1"
+    assert current_version(model_dir) == "v1"
 
 
 def test_publish_command_refuses_unknown_version(kafka_bootstrap: str, tmp_path, capsys) -> None:

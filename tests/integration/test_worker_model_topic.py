@@ -29,7 +29,7 @@ from anomaly_contract.model_topic_format import (
     sha256_hex,
     version_records,
 )
-from trainer.topic_publish import publish_to_topic
+from trainer.publish import publish_to_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -16,7 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from anomaly_contract import artifact  # noqa: E402
 from anomaly_contract.errors import ArtifactError  # noqa: E402
 from anomaly_contract.model_dir import load_bundle, load_version_dir  # noqa: E402
-from trainer.fit import IMAGE_DENOISE, FitOptions, fit_model, publish_model  # noqa: E402
+from trainer.fit import IMAGE_DENOISE, FitOptions, fit_model  # noqa: E402
+from trainer.publish import publish_model  # noqa: E402
 
 
 def _rows(n: int, d: int = 8, seed: int = 0) -> np.ndarray:

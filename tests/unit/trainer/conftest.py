@@ -10,7 +10,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from trainer.fit import FitOptions, fit_model, publish_model  # noqa: E402
+from trainer.fit import FitOptions, fit_model  # noqa: E402
+from trainer.publish import publish_model  # noqa: E402
 
 FEATURES = [f"s{i}" for i in range(6)]
 QUICK = FitOptions(epochs=15, patience=5, seed=1)

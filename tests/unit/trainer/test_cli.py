@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import FEATURES, anomalous_rows, correlated_rows, write_csv
 
+from anomaly_contract.model_dir import load_bundle
 from trainer.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -31,7 +32,7 @@ def cli_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.
 
 def test_fit_publishes_and_excludes_labelled_rows(cli_model, capsys) -> None:  # type: ignore[no-untyped-def]
     model_dir, _, _ = cli_model
-    bundle = model_dir.load_bundle(model_dir)
+    bundle = load_bundle(model_dir)
     assert bundle.feature_names == FEATURES  # the label column is not a feature
     assert bundle.manifest.rows.excluded_labelled == 20
     assert bundle.manifest.rows.total == 220
@@ -43,7 +44,7 @@ def test_fit_score_and_calibration_flags_reach_the_manifest(cli_model, tmp_path)
     model_dir = tmp_path / "models"
     flags = ["--error", "mae", "--outlier-fence", "0", "--calibration", "holdout"]
     assert main(["fit", str(data), "--model-dir", str(model_dir), *FAST, *flags]) == 0
-    m = model_dir.load_bundle(model_dir).manifest
+    m = load_bundle(model_dir).manifest
     assert m.error == "mae"
     assert m.hyperparameters["outlier_fence"] == 0.0
     assert m.validation_metrics["calibration_outliers"] == 0
@@ -57,7 +58,7 @@ def test_score_output_is_in_order_and_equals_bundle_scores(cli_model, tmp_path, 
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["row"] for r in lines] == list(range(220))
     assert set(lines[0]) == {"row", "id", "score", "threshold", "is_anomaly"}
-    bundle = model_dir.load_bundle(model_dir)
+    bundle = load_bundle(model_dir)
     from trainer.data import load_dataset
 
     expected = bundle.score(load_dataset(str(data)).x).scores
@@ -111,7 +112,7 @@ def test_encode_decode_denoise(cli_model, tmp_path, capsys) -> None:  # type: ig
     codes = tmp_path / "codes.npy"
     assert main(["encode", str(data), "--model-dir", str(model_dir), "--output", str(codes)]) == 0
     assert "compression" in capsys.readouterr().out
-    latent = model_dir.load_bundle(model_dir).manifest.latent_dim
+    latent = load_bundle(model_dir).manifest.latent_dim
     assert np.load(codes).shape == (220, latent)
     rec = tmp_path / "rec.csv"
     assert main(["decode", str(codes), "--model-dir", str(model_dir), "--output", str(rec)]) == 0

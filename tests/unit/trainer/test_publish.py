@@ -17,7 +17,8 @@ from conftest import FEATURES, QUICK, anomalous_rows, correlated_rows
 
 from anomaly_contract.model_dir import current_version, list_versions, load_bundle, load_version_dir
 from trainer.cli import main
-from trainer.fit import fit_model, publish_model
+from trainer.fit import fit_model
+from trainer.publish import publish_model
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -86,7 +87,8 @@ PUBLISH_LOOP = textwrap.dedent(
     import sys, numpy as np
     sys.path.insert(0, {tests!r})
     from conftest import correlated_rows, FEATURES
-    from trainer.fit import FitOptions, fit_model, publish_model
+    from trainer.fit import FitOptions, fit_model
+    from trainer.publish import publish_model
     x = correlated_rows(120)
     epochs = int(sys.argv[2])
     while True:

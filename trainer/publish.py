@@ -1,11 +1,12 @@
-"""Publishing model versions to the model topic, and promoting one there (the trainer's side)."""
+"""Publishing a trained model: a new version in the model directory, and versions on the model
+topic (publish, promote, list: the trainer's side of the topic)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomaly_contract.artifact import (
     DEFAULT_KEEP,
@@ -16,9 +17,14 @@ from anomaly_contract.kafka_connection import KafkaConnection
 from anomaly_contract.model_dir import (
     check_version_name,
     current_version,
+    next_version_name,
     normalize_version,
+    publish_staged,
     read_manifest,
+    staging_dir,
+    utc_now,
     version_sort_key,
+    write_version_files,
 )
 from anomaly_contract.model_topic_format import (
     DEFAULT_CHUNK_BYTES,
@@ -26,6 +32,7 @@ from anomaly_contract.model_topic_format import (
     RECORD_OVERHEAD_BYTES,
     Refusal,
     TopicIndex,
+    TopicRecord,
     TopicVersionInfo,
     current_record,
     pack_version_dir,
@@ -41,8 +48,31 @@ from anomaly_contract.model_topic_io import (
     read_topic_index,
     with_security,
 )
+from trainer.progress import track
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainer.fit import TrainedModel
 
 log = logging.getLogger(__name__)
+# A version is sent in about this many acknowledged batches, so that its progress can move.
+SEND_BATCHES = 20
+
+
+def publish_model(
+    trained: TrainedModel,
+    model_dir: str | Path,
+    *,
+    keep: int = DEFAULT_KEEP,
+    make_current: bool = True,
+) -> str:
+    """Write the version aside and make it current atomically; returns its name (``v3``)."""
+    with staging_dir(model_dir) as staging:
+        version = next_version_name(model_dir)
+        manifest = trained.manifest.model_copy(update={"version": version, "created_at": utc_now()})
+        write_version_files(staging, trained.model, trained.scaler, manifest)
+        published = publish_staged(model_dir, staging, keep=keep, make_current=make_current)
+    trained.manifest = manifest
+    return published
 
 
 def publish_to_topic(
@@ -92,9 +122,8 @@ def publish_to_topic(
     producer = model_producer(bootstrap, producer_config)
     try:
         if not intact:
-            produce_records(
-                bootstrap, topic, version_records(blob, manifest, chunk_bytes), producer
-            )
+            records = version_records(blob, manifest, chunk_bytes)
+            _send_version(bootstrap, topic, version, records, producer)
         if make_current:
             # Only after every chunk and the seal are acknowledged: never a current torn version.
             current = current_record(version, blob_sha, "publish")
@@ -114,6 +143,19 @@ def publish_to_topic(
         f"; deleted {', '.join(pruned)}" if pruned else "",
     )
     return version
+
+
+def _send_version(
+    bootstrap: str, topic: str, version: str, records: list[TopicRecord], producer: Any
+) -> None:
+    """Send a version's chunks and seal in order, in acknowledged batches, showing progress."""
+    size = max(1, -(-len(records) // SEND_BATCHES))
+    total = sum(len(r.value or b"") for r in records)
+    with track(f"sending {version} to {topic}", total, unit="B", unit_scale=True) as progress:
+        for start in range(0, len(records), size):
+            batch = records[start : start + size]
+            produce_records(bootstrap, topic, batch, producer)
+            progress.advance(sum(len(r.value or b"") for r in batch))
 
 
 def publish_from_model_dir(
