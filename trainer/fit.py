@@ -73,12 +73,16 @@ IMAGE_DENOISE = 0.1
 class FitOptions:
     """Hyper-parameters; ``None`` means "choose from the data" (see `resolve`)."""
 
-    architecture: Literal["dense", "conv"] | None = None
+    architecture: Literal["dense", "conv", "vae"] | None = None
     image_shape: tuple[int, ...] | None = None
     hidden: tuple[int, ...] | None = None
     latent: int | None = None
     # None: IMAGE_DENOISE for images, off for tables; 0: off.
     denoise: float | None = None
+    # L1 activity penalty on the code (sparse autoencoder); None or 0: off.
+    sparsity: float | None = None
+    # The VAE's KL weight; None: trainer.models.DEFAULT_KL_WEIGHT.
+    kl_weight: float | None = None
     loss: Literal["mse", "bce"] = "mse"
     scaler: Literal["minmax", "standard"] | None = None
     epochs: int = 150
@@ -429,6 +433,8 @@ def fit_model(
         else (IMAGE_DENOISE if opts.image_shape else None),
         seed=opts.seed,
         activation=opts.activation or ("relu" if opts.image_shape else "tanh"),
+        sparsity=opts.sparsity,
+        kl_weight=opts.kl_weight,
     )
     shape = spec.input_shape
     scaler = artifact.Scaler.fit(x[train_i], scaler_kind)
@@ -530,6 +536,8 @@ def fit_model(
         "calibration": method,
         "error": error,
         "denoise": spec.denoise,
+        "sparsity": spec.sparsity,
+        **({"kl_weight": spec.kl_weight} if spec.architecture == "vae" else {}),
         **({"calibration_folds": CROSS_FIT_FOLDS} if method == "cross_fit" else {}),
     }
     manifest = artifact.Manifest(
