@@ -28,10 +28,16 @@ def test_gaussian_code_samples_in_training_and_returns_the_mean_at_inference() -
     assert len(model.losses) == 1 and float(model.losses[0]) >= 0.0  # the KL term
 
 
-def test_sparse_code_carries_an_l1_penalty() -> None:
+def test_sparse_code_is_relu_with_an_l1_penalty_on_it() -> None:
     model = build_autoencoder(make_spec(n_features=6, sparsity=0.01))
-    model(correlated_rows(8), training=True)
-    assert len(model.losses) == 1 and float(model.losses[0]) > 0.0
+    encoder = model.get_layer("encoder")
+    code = encoder.get_layer("latent")
+    assert code.get_config()["activation"] == "relu"
+    x = np.r_[correlated_rows(8), -correlated_rows(8)]  # both signs: some units are on
+    z = np.asarray(encoder(x, training=False))
+    model(x, training=True)
+    assert len(model.losses) == 1
+    assert float(model.losses[0]) == pytest.approx(0.01 * np.abs(z).sum() / len(x), rel=1e-4)
 
 
 def test_refusals() -> None:
