@@ -98,7 +98,7 @@ class Manifest(_Strict):
     format_version: Literal[1] = 1
     version: str
     created_at: datetime
-    architecture: Literal["dense", "conv"]
+    architecture: Literal["dense", "conv", "vae"]
     feature_names: list[str]
     input_shape: list[int] = Field(
         description="the Keras model's input shape without the batch axis"

@@ -95,7 +95,9 @@ class DenseEngine:
                 kind = type(layer).__name__
                 if kind in _INFERENCE_IDENTITY:
                     continue
-                if kind != "Dense":
+                if kind == "GaussianCode":  # a VAE's code: its mean branch at inference
+                    layer = layer.mean
+                elif kind != "Dense":
                     return None
                 act = layer.get_config().get("activation")
                 if not isinstance(act, str) or act not in _ACTIVATIONS:
@@ -160,6 +162,8 @@ def check_zip(path: Path) -> None:
 def load_keras_model(model_file: Path, input_shape: Sequence[int]) -> keras.Model:
     """The Keras autoencoder in ``model_file``, refused unless it takes ``input_shape``."""
     import keras
+
+    import anomaly_contract.layers  # noqa: F401  (registers the custom layers models may hold)
 
     try:
         model = keras.saving.load_model(model_file, compile=False)

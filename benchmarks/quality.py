@@ -17,6 +17,10 @@ that floor is ~0.98.
     python benchmarks/quality.py            # every set, markdown table on stdout
     python benchmarks/quality.py --quick    # fewer repeats, no 60,000 x 784 timing
     python benchmarks/quality.py --datasets "one-class (9),noise" --repeats 3
+    python benchmarks/quality.py --variants vae,sparse   # more trainer variants on the same splits
+
+``--variants`` adds trainer variants next to the default, each trained and thresholded exactly like
+it on the same splits: ``vae`` (``--architecture vae``) and ``sparse`` (``--sparsity 1e-3``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ from trainer.fit import (  # noqa: E402
 )
 
 TEST_SHARE = 0.3  # share of normal rows kept for the test set
+# Trainer variants --variants can add, as FitOptions fields on top of the defaults.
+VARIANTS: dict[str, dict[str, object]] = {
+    "vae": {"architecture": "vae"},
+    "sparse": {"sparsity": 1e-3},
+}
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Result:
     ae_fpr: float  # share of test normals above the threshold (the target is 1 - percentile)
     if_fpr: float
     all_f1: float  # F1 of flagging every test row: the floor a threshold has to beat
+    variants: dict[str, tuple[float, float, float]] | None = None  # name -> (ROC-AUC, F1, FPR)
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -118,22 +128,38 @@ def cases(quick: bool) -> Iterator[Case]:
     yield Case("ODDS breast-cancer", b.data[idx], (b.target[idx] == 0).astype(int))
 
 
-def run_case(case: Case, seed: int, options: FitOptions) -> Result:
+def _autoencoder(
+    case: Case, fit_rows: np.ndarray, test: np.ndarray, opts: FitOptions
+) -> tuple[float, float, float]:
+    """Train on ``fit_rows`` with ``opts``; ROC-AUC, F1 and FPR at its own threshold on ``test``."""
+    truth = case.labels[test]
+    names = [f"f{i}" for i in range(case.x.shape[1])]
+    trained = fit_model(case.x[fit_rows], names, None, opts, quiet=True)
+    xs = trained.scaler.transform(case.x[test])
+    scores = reconstruction_errors(
+        trained.model, xs, trained.spec.input_shape, trained.manifest.error
+    )
+    pred = scores > trained.threshold
+    return (
+        float(roc_auc_score(truth, scores)),
+        float(f1_score(truth, pred)),
+        float(pred[truth == 0].mean()),
+    )
+
+
+def run_case(case: Case, seed: int, options: FitOptions, variants: tuple[str, ...] = ()) -> Result:
     rng = np.random.default_rng(seed)
     normal = rng.permutation(np.flatnonzero(case.labels == 0))
     n_test = int(round(len(normal) * TEST_SHARE))
     fit_rows, test_normal = normal[n_test:], normal[:n_test]
     test = np.r_[test_normal, np.flatnonzero(case.labels != 0)]
     truth = case.labels[test]
-    names = [f"f{i}" for i in range(case.x.shape[1])]
-
     opts = FitOptions(**{**options.__dict__, "seed": seed, "image_shape": case.image_shape})
-    trained = fit_model(case.x[fit_rows], names, None, opts, quiet=True)
-    xs = trained.scaler.transform(case.x[test])
-    ae_scores = reconstruction_errors(
-        trained.model, xs, trained.spec.input_shape, trained.manifest.error
-    )
-    ae_pred = ae_scores > trained.threshold
+    ae_auc, ae_f1, ae_fpr = _autoencoder(case, fit_rows, test, opts)
+    extra = {
+        name: _autoencoder(case, fit_rows, test, FitOptions(**{**opts.__dict__, **VARIANTS[name]}))
+        for name in variants
+    }
 
     # IsolationForest: same training rows (train + validation), same threshold rule: the
     # percentile of the calibration rows' scores, or, where the trainer cross-fits, of the
@@ -157,27 +183,38 @@ def run_case(case: Case, seed: int, options: FitOptions) -> Result:
     )
     if_pred = if_scores > if_threshold
     return Result(
-        ae_auc=roc_auc_score(truth, ae_scores),
+        ae_auc=ae_auc,
         if_auc=roc_auc_score(truth, if_scores),
-        ae_f1=f1_score(truth, ae_pred),
+        ae_f1=ae_f1,
         if_f1=f1_score(truth, if_pred),
-        ae_fpr=float(ae_pred[truth == 0].mean()),
+        ae_fpr=ae_fpr,
         if_fpr=float(if_pred[truth == 0].mean()),
         all_f1=f1_score(truth, np.ones_like(truth)),
+        variants=extra,
+    )
+
+
+_SCALARS = tuple(f for f in Result.__dataclass_fields__ if f != "variants")
+
+
+def _summarise(results: list[Result], stat) -> Result:  # type: ignore[no-untyped-def]
+    names = results[0].variants or {}
+    return Result(
+        *(float(stat([getattr(r, f) for r in results])) for f in _SCALARS),
+        variants={
+            n: tuple(float(stat([(r.variants or {})[n][i] for r in results])) for i in range(3))  # type: ignore[misc]
+            for n in names
+        },
     )
 
 
 def mean_result(results: list[Result]) -> Result:
-    return Result(
-        *(float(np.mean([getattr(r, f) for r in results])) for f in Result.__dataclass_fields__)
-    )
+    return _summarise(results, np.mean)
 
 
 def spread_result(results: list[Result]) -> Result:
     """Standard deviation over the splits (0 for a single split)."""
-    return Result(
-        *(float(np.std([getattr(r, f) for r in results])) for f in Result.__dataclass_fields__)
-    )
+    return _summarise(results, np.std)
 
 
 def time_digits() -> str:
@@ -221,7 +258,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated parts of set names to run, e.g. 'one-class (9),noise'",
     )
+    ap.add_argument(
+        "--variants",
+        default="",
+        help=f"comma-separated trainer variants to add: {', '.join(VARIANTS)}",
+    )
     args = ap.parse_args(argv)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
     wanted = [w.strip() for w in args.datasets.split(",")] if args.datasets else None
     repeats = args.repeats or (1 if args.quick else 3)
     options = FitOptions()
@@ -230,13 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases(args.quick):
         if wanted and not any(w in case.name for w in wanted):
             continue
-        per_split = [run_case(case, seed, options) for seed in range(repeats)]
+        per_split = [run_case(case, seed, options, variants) for seed in range(repeats)]
         r, sd = mean_result(per_split), spread_result(per_split)
         ratio = r.ae_auc / r.if_auc if r.if_auc else float("nan")
         line = (
             f"| {case.name} | {r.ae_auc:.3f} ± {sd.ae_auc:.3f} | {r.if_auc:.3f} ± {sd.if_auc:.3f} "
             f"| {r.ae_f1:.3f} ± {sd.ae_f1:.3f} | {r.if_f1:.3f} ± {sd.if_f1:.3f} | {ratio:.3f} "
             f"| {r.ae_fpr:.3f} / {r.if_fpr:.3f} | {r.all_f1:.3f} |"
+            + "".join(
+                f" {r.variants[v][0]:.3f} ± {sd.variants[v][0]:.3f} "  # type: ignore[index]
+                f"| {r.variants[v][1]:.3f} ± {sd.variants[v][1]:.3f} "  # type: ignore[index]
+                f"| {r.variants[v][2]:.3f} |"  # type: ignore[index]
+                for v in variants
+            )
         )
         rows.append((r, line))
         print(line, file=sys.stderr, flush=True)
@@ -253,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| dataset | AE ROC-AUC | IF ROC-AUC | AE F1 | IF F1 | ratio (AE/IF ROC-AUC) "
         "| test FPR (AE / IF) | F1 flagging all |"
+        + "".join(f" {v} ROC-AUC | {v} F1 | {v} FPR |" for v in variants)
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|" + "---|" * (3 * len(variants)))
     for _, line in rows:
         print(line)
     if rows:

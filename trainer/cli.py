@@ -293,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fit_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (defaults follow the data)")
-    g.add_argument("--architecture", choices=["dense", "conv"], help="default: dense")
+    g.add_argument(
+        "--architecture",
+        choices=["dense", "conv", "vae"],
+        help="dense, conv (images) or vae (variational, dense; the score is the reconstruction "
+        "error of the mean code); default: dense",
+    )
     g.add_argument(
         "--hidden", type=_int_list, help="dense layer widths (or conv filters), e.g. 64,16"
     )
@@ -309,6 +314,17 @@ def _fit_model_options(p: argparse.ArgumentParser) -> None:
         metavar="NOISE_FACTOR",
         help="train as a denoising autoencoder: Gaussian noise of this std on the scaled inputs "
         "(default: 0.1 for images, off for tables; 0 turns it off)",
+    )
+    g.add_argument(
+        "--sparsity",
+        type=float,
+        metavar="L1",
+        help="sparse autoencoder: an L1 activity penalty of this weight on the code (default: off)",
+    )
+    g.add_argument(
+        "--kl-weight",
+        type=float,
+        help="vae only: weight of the KL term against the reconstruction loss (default: 0.05)",
     )
     g.add_argument(
         "--loss",

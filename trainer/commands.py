@@ -128,6 +128,8 @@ def _fit_options(args: argparse.Namespace, image_shape: Any) -> Any:
         latent=args.latent,
         activation=args.activation,
         denoise=args.denoise,
+        sparsity=args.sparsity,
+        kl_weight=args.kl_weight,
         loss=args.loss,
         scaler=args.scaler,
         epochs=args.epochs,

@@ -68,12 +68,16 @@ IMAGE_DENOISE = 0.1
 class FitOptions:
     """Hyper-parameters; ``None`` means "choose from the data" (see `_choose_defaults`)."""
 
-    architecture: Literal["dense", "conv"] | None = None
+    architecture: Literal["dense", "conv", "vae"] | None = None
     image_shape: tuple[int, ...] | None = None
     hidden: tuple[int, ...] | None = None
     latent: int | None = None
     # None: IMAGE_DENOISE for images, off for tables; 0: off.
     denoise: float | None = None
+    # L1 activity penalty on the code (sparse autoencoder); None or 0: off.
+    sparsity: float | None = None
+    # The VAE's KL weight; None: trainer.models.DEFAULT_KL_WEIGHT.
+    kl_weight: float | None = None
     loss: Literal["mse", "bce"] = "mse"
     scaler: Literal["minmax", "standard"] | None = None
     epochs: int = 150
@@ -386,6 +390,8 @@ def _choose_defaults(opts: FitOptions, n_features: int, split: RowSplit) -> FitC
         denoise=opts.denoise if opts.denoise is not None else (IMAGE_DENOISE if image else None),
         seed=opts.seed,
         activation=opts.activation or ("relu" if image else "tanh"),
+        sparsity=opts.sparsity,
+        kl_weight=opts.kl_weight,
     )
     batch_size = opts.batch_size or default_batch_size(split.train.size)
     if batch_size < 1:

@@ -101,6 +101,8 @@ def build_manifest(
         "calibration": method,
         "error": choices.error,
         "denoise": spec.denoise,
+        "sparsity": spec.sparsity,
+        **({"kl_weight": spec.kl_weight} if spec.architecture == "vae" else {}),
         **({"calibration_folds": choices.folds} if method == "cross_fit" else {}),
     }
     return artifact.Manifest(

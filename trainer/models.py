@@ -1,9 +1,20 @@
-"""Autoencoder builders: dense (any tabular or flattened data), convolutional (images), denoising.
+"""Autoencoder builders: dense (any tabular or flattened data), convolutional (images), denoising,
+variational (``vae``) and sparse (an L1 activity penalty on the code of any of them).
 
 Every model is an outer ``keras.Model`` holding two sub-models named ``encoder`` and ``decoder``
 (`anomaly_contract.artifact.ModelBundle.encode`/``decode`` rely on those names). Denoising puts a
 ``GaussianNoise`` layer in front of the encoder: Keras only applies it in training, so scoring,
 encoding and the calibration threshold all see clean inputs while the targets stay clean too.
+
+The variational autoencoder is the dense one with a `GaussianCode` for its code layer: it samples
+the code in training and adds the KL term to the loss; at inference it returns the mean code, so
+its score is the reconstruction error of the mean code (deterministic, and the NumPy engine runs
+it). ``kl_weight`` scales the KL term against the per-feature mean reconstruction loss: the KL
+sum over code units is divided by the number of features, so 1.0 weighs both as the evidence
+lower bound of a unit-variance Gaussian decoder would (up to its constant factor).
+
+The sparse autoencoder follows the seeds' recipe: a ReLU code with an L1 activity penalty, so
+code units are exactly zero where they are not needed (a linear code only shrinks under L1).
 """
 
 from __future__ import annotations
@@ -17,13 +28,16 @@ from anomaly_contract.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-Architecture = Literal["dense", "conv"]
+Architecture = Literal["dense", "conv", "vae"]
+ARCHITECTURES: tuple[str, ...] = ("dense", "conv", "vae")
 Loss = Literal["mse", "bce"]
 
 # Caps keep the default model small enough to train on a laptop CPU for 784-pixel inputs while
 # still leaving a real bottleneck for 10-feature tabular data.
 MAX_LATENT = 32
 MAX_HIDDEN = 256
+# The VAE's default KL weight (see the module docstring); benchmarks/quality.py measures it.
+DEFAULT_KL_WEIGHT = 0.05
 
 
 @dataclass(frozen=True)
@@ -39,10 +53,13 @@ class ModelSpec:
     denoise: float | None = None
     seed: int = 0
     activation: str = "relu"
+    # L1 activity penalty on the code (the sparse autoencoder); None: off.
+    sparsity: float | None = None
+    kl_weight: float = DEFAULT_KL_WEIGHT  # the VAE's only
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        if self.architecture == "dense":
+        if self.architecture in ("dense", "vae"):
             return (self.n_features,)
         assert self.image_shape is not None
         return _hwc(self.image_shape)
@@ -100,10 +117,26 @@ def make_spec(
     denoise: float | None = None,
     seed: int = 0,
     activation: str = "relu",
+    sparsity: float | None = None,
+    kl_weight: float | None = None,
 ) -> ModelSpec:
     """Fill in defaults that follow the data and check the options fit together."""
     if architecture is None:
         architecture = "dense"
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(
+            f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture}"
+        )
+    if sparsity is not None and not sparsity >= 0:
+        raise ConfigError(f"--sparsity must be an L1 weight >= 0 (0: off), got {sparsity}")
+    if kl_weight is not None and not kl_weight > 0:
+        raise ConfigError(f"--kl-weight must be positive, got {kl_weight}")
+    if kl_weight is not None and architecture != "vae":
+        raise ConfigError("--kl-weight applies to --architecture vae only")
+    if sparsity and architecture == "vae":
+        raise ConfigError(
+            "--sparsity applies to dense and conv models: a VAE's code is regularised by its KL term"
+        )
     if architecture == "conv":
         if image_shape is None:
             raise ConfigError(
@@ -142,6 +175,8 @@ def make_spec(
         denoise=denoise or None,
         seed=seed,
         activation=activation,
+        sparsity=sparsity or None,
+        kl_weight=DEFAULT_KL_WEIGHT if kl_weight is None else float(kl_weight),
     )
 
 
@@ -149,7 +184,7 @@ def build_autoencoder(spec: ModelSpec) -> keras.Model:
     """Build (uncompiled) the autoencoder described by ``spec``."""
     import keras
 
-    if spec.architecture == "dense":
+    if spec.architecture in ("dense", "vae"):
         encoder, decoder = _dense_parts(spec)
     else:
         encoder, decoder = _conv_parts(spec)
@@ -166,6 +201,26 @@ def _output_activation(spec: ModelSpec) -> str:
     return "sigmoid" if spec.loss == "bce" else "linear"
 
 
+def _code_layer(spec: ModelSpec) -> keras.layers.Layer:
+    """The bottleneck: a linear dense code, the VAE's Gaussian code, or a sparse ReLU code."""
+    import keras
+
+    if spec.architecture == "vae":
+        from anomaly_contract.layers import GaussianCode
+
+        return GaussianCode(
+            spec.latent, kl_weight=spec.kl_weight / spec.n_features, seed=spec.seed, name="latent"
+        )
+    if spec.sparsity:
+        return keras.layers.Dense(
+            spec.latent,
+            activation="relu",
+            activity_regularizer=keras.regularizers.L1(spec.sparsity),
+            name="latent",
+        )
+    return keras.layers.Dense(spec.latent, name="latent")
+
+
 def _dense_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
     import keras
 
@@ -173,7 +228,7 @@ def _dense_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
     h = x_in
     for i, width in enumerate(spec.hidden):
         h = keras.layers.Dense(width, activation=spec.activation, name=f"enc_dense_{i}")(h)
-    z = keras.layers.Dense(spec.latent, name="latent")(h)
+    z = _code_layer(spec)(h)
     encoder = keras.Model(x_in, z, name="encoder")
 
     z_in = keras.Input(shape=(spec.latent,), name="decoder_input")
@@ -208,7 +263,7 @@ def _conv_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
             h = keras.layers.MaxPooling2D(2, padding="same", name=f"enc_pool_{i}")(h)
             hh, ww = math.ceil(hh / 2), math.ceil(ww / 2)
     h = keras.layers.Flatten(name="flatten")(h)
-    z = keras.layers.Dense(spec.latent, name="latent")(h)
+    z = _code_layer(spec)(h)
     encoder = keras.Model(x_in, z, name="encoder")
 
     z_in = keras.Input(shape=(spec.latent,), name="decoder_input")

@@ -5,7 +5,10 @@ Files written (those that apply):
 - ``errors.png``: reconstruction-error histogram on a log axis, normal vs anomalous rows, threshold;
 - ``reconstructions.png``: image models only, originals over reconstructions (and, for denoising
   models, the noisy input the model was trained to clean);
-- ``latent.png``: a 2-D PCA projection of the latent codes coloured by label;
+- ``latent.png``: a 2-D PCA projection of the latent codes (a VAE's mean codes) coloured by label;
+- ``code_activity.png``: sparse models (``--sparsity``) only, how many code units are active
+  (code > 0) per row, normal vs anomalous;
+- ``prior_samples.png``: image VAEs only, a grid of images decoded from codes drawn from the prior;
 - ``summary.md`` and ``summary.json``.
 """
 
@@ -23,6 +26,8 @@ from anomaly_contract import artifact
 NORMAL_COLOR = "#1f77b4"
 ANOMALY_COLOR = "#d62728"
 THRESHOLD_COLOR = "#333333"
+# A code unit counts as active in a row when it exceeds this: sparse codes are ReLU, exactly 0 off.
+ACTIVE_CODE = 1e-6
 
 
 def _plt() -> Any:
@@ -137,6 +142,46 @@ def plot_latent(path: Path, codes: np.ndarray, labels: np.ndarray) -> None:
     plt.close(fig)
 
 
+def active_code_units(codes: np.ndarray, tol: float = ACTIVE_CODE) -> np.ndarray:
+    """Per row, how many code units have magnitude above ``tol``."""
+    return (np.abs(np.asarray(codes)) > tol).sum(axis=1)
+
+
+def plot_code_activity(path: Path, codes: np.ndarray, labels: np.ndarray) -> None:
+    """Histogram of active code units per row: what the L1 penalty did to the code."""
+    plt = _plt()
+    active = active_code_units(codes)
+    anomal = labels != 0
+    bins = np.arange(codes.shape[1] + 2) - 0.5
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    ax.hist(active[~anomal], bins=bins, alpha=0.7, color=NORMAL_COLOR, label="normal")
+    if anomal.any():
+        ax.hist(active[anomal], bins=bins, alpha=0.6, color=ANOMALY_COLOR, label="anomaly")
+    ax.set_xlabel(f"active code units (code > 0) of {codes.shape[1]}")
+    ax.set_ylabel("rows")
+    ax.set_title(f"Sparse code: {np.mean(active):.1f} of {codes.shape[1]} units active on average")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_prior_samples(path: Path, decoder: Any, latent: int, image_shape: Sequence[int]) -> None:
+    """Images decoded from codes drawn from the VAE's prior N(0, I): what the model learnt."""
+    plt = _plt()
+    z = np.random.default_rng(0).standard_normal((32, latent)).astype(np.float32)
+    images = np.asarray(decoder(z, training=False)).reshape(32, *image_shape[:2], -1)
+    fig, axes = plt.subplots(4, 8, figsize=(8, 4.4))
+    for ax, img in zip(axes.flat, images, strict=True):
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
+        ax.axis("off")
+    fig.suptitle("Decoded from the prior N(0, I)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_reconstructions(
     path: Path,
     rows: Sequence[tuple[str, np.ndarray]],
@@ -228,6 +273,14 @@ def write_report(
     ).reshape(len(xs), -1)
     plot_latent(out / "latent.png", codes, labels)
     written.append(out / "latent.png")
+    if manifest.hyperparameters.get("sparsity"):
+        plot_code_activity(out / "code_activity.png", codes, labels)
+        written.append(out / "code_activity.png")
+    if manifest.architecture == "vae" and manifest.image_shape:
+        plot_prior_samples(
+            out / "prior_samples.png", decoder, manifest.latent_dim, manifest.image_shape
+        )
+        written.append(out / "prior_samples.png")
 
     if manifest.image_shape:
         picks = _pick_examples(errors, labels)

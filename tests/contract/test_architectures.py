@@ -28,6 +28,13 @@ ARCHITECTURES = {
     "denoising-conv-bce": FitOptions(
         architecture="conv", denoise=0.2, loss="bce", epochs=10, patience=5, seed=7
     ),
+    "vae": FitOptions(architecture="vae", denoise=0.0, epochs=15, patience=5, seed=7),
+    "sparse-dense": FitOptions(
+        architecture="dense", denoise=0.0, sparsity=1e-3, epochs=15, patience=5, seed=7
+    ),
+    "sparse-conv": FitOptions(
+        architecture="conv", denoise=0.0, sparsity=1e-3, epochs=10, patience=5, seed=7
+    ),
 }
 
 
@@ -69,6 +76,8 @@ def test_round_trip_scores_match(fitted) -> None:  # type: ignore[no-untyped-def
     assert codes.shape == (5, bundle.manifest.latent_dim)
     assert bundle.decode(codes).shape == (5, 64)
     assert bundle.manifest.architecture == trained.spec.architecture
+    if trained.spec.architecture in ("dense", "vae"):
+        assert bundle.inference == "numpy"  # the VAE's mean path too: no TensorFlow in the worker
 
 
 def test_same_seed_same_scores(fitted, digits_one_class) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +95,7 @@ def test_roc_auc_well_above_chance(fitted) -> None:  # type: ignore[no-untyped-d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dense", "denoising-dense"])
+@pytest.mark.parametrize("name", ["dense", "denoising-dense", "vae", "sparse-dense"])
 def test_tabular_sensors_well_above_chance(name: str, tmp_path: Path) -> None:
     ds = load_dataset("builtin:sensors")
     assert ds.labels is not None
