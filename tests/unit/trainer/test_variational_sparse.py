@@ -12,8 +12,9 @@ from conftest import FEATURES, QUICK, correlated_rows
 
 from anomaly_contract.errors import ConfigError
 from anomaly_contract.model_dir import load_bundle
-from trainer.fit import fit_model, publish_model
+from trainer.fit import fit_model
 from trainer.models import build_autoencoder, make_spec
+from trainer.publish import publish_model
 from trainer.report import active_code_units, write_report
 
 
