@@ -171,6 +171,12 @@ def load_version_dir(path: str | os.PathLike[str], *, prefer_keras: bool = False
 
 def load_bundle(model_dir: str | os.PathLike[str], version: str | None = None) -> ModelBundle:
     """Load ``version`` (default: the current one) from a model directory."""
+    return load_version_dir(version_dir(model_dir, version))
+
+
+def version_dir(model_dir: str | os.PathLike[str], version: str | None = None) -> Path:
+    """The directory of ``version`` (``v3`` or ``3``; default: the current one): the one
+    version resolver, for loading and for publishing to a model topic."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ArtifactError(
@@ -184,7 +190,7 @@ def load_bundle(model_dir: str | os.PathLike[str], version: str | None = None) -
         raise VersionNotFoundError(
             f"version {name} not found in {model_dir}: see `anomaly-trainer versions`"
         )
-    return load_version_dir(path)
+    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,10 +39,20 @@ def _load(
     *,
     image_shape: Any = None,
     min_rows: int | None = 1,
+    bundle: artifact.ModelBundle | None = None,
 ) -> Any:
-    """Load DATA; ``min_rows=None`` keeps the loader's training minimum."""
+    """Load DATA; ``min_rows=None`` keeps the loader's training minimum. With ``bundle``, JSON
+    records are read against the model's features exactly as the worker reads them."""
+    from anomaly_contract.records import FeatureSpec
     from trainer.data import MIN_ROWS, load_dataset
 
+    model = None
+    if bundle is not None and not getattr(args, "features", None):
+        m = bundle.manifest
+        model = FeatureSpec(
+            names=tuple(m.feature_names),
+            image_shape=tuple(m.image_shape) if m.image_shape else None,
+        )
     return load_dataset(
         source,
         kafka=kafka,
@@ -50,6 +60,7 @@ def _load(
         features=getattr(args, "features", None),
         image_shape=image_shape,
         min_rows=MIN_ROWS if min_rows is None else min_rows,
+        model=model,
     )
 
 
@@ -165,7 +176,7 @@ def cmd_score(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import score_rows, write_scores
 
     bundle = _bundle(args)
-    ds = _load(args.data, args, kafka)
+    ds = _load(args.data, args, kafka, bundle=bundle)
     x = _model_rows(ds, bundle)
     result = score_rows(bundle, x)
     if args.output:
@@ -189,7 +200,7 @@ def cmd_evaluate(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import evaluate_bundle, format_metrics
 
     bundle = _bundle(args)
-    ds = _load(args.data, args, kafka)
+    ds = _load(args.data, args, kafka, bundle=bundle)
     if ds.labels is None:
         raise ConfigError("evaluate needs labels: pass --label-column COL (0 = normal)")
     x = _model_rows(ds, bundle)
@@ -219,7 +230,7 @@ def cmd_encode(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import encode_rows, write_table
 
     bundle = _bundle(args)
-    ds = _load(args.data, args, kafka)
+    ds = _load(args.data, args, kafka, bundle=bundle)
     x = _model_rows(ds, bundle)
     codes, stats = encode_rows(bundle, x)
     write_table(args.output, codes, [f"z{i}" for i in range(codes.shape[1])], ds.ids)
@@ -259,7 +270,7 @@ def cmd_denoise(args: argparse.Namespace, kafka: KafkaConnection) -> int:
             f"note: {bundle.version} was not trained with --denoise; its reconstructions smooth "
             "records but were not trained to remove noise"
         )
-    ds = _load(args.data, args, kafka)
+    ds = _load(args.data, args, kafka, bundle=bundle)
     x = _model_rows(ds, bundle)
     score_rows(bundle, x[:1])  # validates shape and values with the scoring rules
     cleaned = denoise_rows(bundle, x)

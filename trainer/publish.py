@@ -10,19 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 from anomaly_contract.artifact import (
     DEFAULT_KEEP,
-    VERSIONS_DIR,
 )
 from anomaly_contract.errors import ArtifactError, ConfigError, VersionNotFoundError
 from anomaly_contract.kafka_connection import KafkaConnection
 from anomaly_contract.model_dir import (
     check_version_name,
-    current_version,
     next_version_name,
     normalize_version,
     publish_staged,
     read_manifest,
     staging_dir,
     utc_now,
+    version_dir,
     version_sort_key,
     write_version_files,
 )
@@ -171,15 +170,7 @@ def publish_from_model_dir(
     ``version`` defaults to the model directory's current one. Returns the version name.
     """
     bootstrap, topic = parse_topic_url(topic_url)
-    model_dir = Path(model_dir)
-    name = normalize_version(version) if version else current_version(model_dir)
-    if name is None:
-        raise ArtifactError(f"{model_dir} has no current version: run `anomaly-trainer fit` first")
-    path = model_dir / VERSIONS_DIR / name
-    if not path.is_dir():
-        raise VersionNotFoundError(
-            f"version {name} not found in {model_dir}: see `anomaly-trainer versions`"
-        )
+    path = version_dir(model_dir, version)
     return publish_to_topic(
         bootstrap, topic, path, make_current=make_current, connection=connection
     )

@@ -283,32 +283,7 @@ def write_report(
         written.append(out / "prior_samples.png")
 
     if manifest.image_shape:
-        picks = _pick_examples(errors, labels)
-        originals = xs[picks]
-        rows: list[tuple[str, np.ndarray]] = [("original", originals)]
-        if manifest.denoise:
-            rng = np.random.default_rng(0)
-            noisy = originals + rng.normal(scale=manifest.denoise, size=originals.shape).astype(
-                np.float32
-            )
-            rows.append((f"noisy (σ={manifest.denoise:g})", noisy))
-            rows.append(
-                ("denoised", np.asarray(decoder(encoder(noisy, training=False), training=False)))
-            )
-        rows.append(("reconstruction", np.asarray(model(originals, training=False))))
-        captions = [
-            f"{'ANOMALY' if is_anom[i] else 'normal'}\nerror {errors[i]:.3g}"
-            + (" (flagged)" if errors[i] > manifest.threshold else "")
-            for i in picks
-        ]
-        title = (
-            "Held-out examples, low to high reconstruction error "
-            f"(threshold {manifest.threshold:.3g}; above it = flagged)"
-        )
-        plot_reconstructions(
-            out / "reconstructions.png", rows, manifest.image_shape, captions, title
-        )
-        written.append(out / "reconstructions.png")
+        written.append(_plot_examples(out, manifest, model, xs, errors, labels))
 
     summary = {
         "title": title,
@@ -335,6 +310,44 @@ def write_report(
     (out / "summary.md").write_text(_summary_md(summary))
     written += [out / "summary.json", out / "summary.md"]
     return written
+
+
+def _plot_examples(
+    out: Path,
+    manifest: artifact.Manifest,
+    model: Any,
+    xs: np.ndarray,
+    errors: np.ndarray,
+    labels: np.ndarray,
+) -> Path:
+    """``reconstructions.png``: held-out images over their reconstructions (and denoising)."""
+    assert manifest.image_shape is not None
+    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    is_anom = labels != 0
+    picks = _pick_examples(errors, labels)
+    originals = xs[picks]
+    rows: list[tuple[str, np.ndarray]] = [("original", originals)]
+    if manifest.denoise:
+        rng = np.random.default_rng(0)
+        noise = rng.normal(scale=manifest.denoise, size=originals.shape).astype(np.float32)
+        noisy = originals + noise
+        rows.append((f"noisy (σ={manifest.denoise:g})", noisy))
+        rows.append(
+            ("denoised", np.asarray(decoder(encoder(noisy, training=False), training=False)))
+        )
+    rows.append(("reconstruction", np.asarray(model(originals, training=False))))
+    captions = [
+        f"{'ANOMALY' if is_anom[i] else 'normal'}\nerror {errors[i]:.3g}"
+        + (" (flagged)" if errors[i] > manifest.threshold else "")
+        for i in picks
+    ]
+    heading = (
+        "Held-out examples, low to high reconstruction error "
+        f"(threshold {manifest.threshold:.3g}; above it = flagged)"
+    )
+    path = out / "reconstructions.png"
+    plot_reconstructions(path, rows, manifest.image_shape, captions, heading)
+    return path
 
 
 def calibration_basis(manifest: Any) -> str:
