@@ -206,8 +206,10 @@ class ReadinessProbe:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            t = time.monotonic()
-            self.samples.append((t, *self._readyz(), self._gauge()))
+            values = (*self._readyz(), self._gauge())
+            # Stamped once both answers are in: a sample before a moment saw only the state
+            # before it (reads that straddle the broker's return count as after it).
+            self.samples.append((time.monotonic(), *values))
             self._stop.wait(0.1)
 
     def stop(self) -> list[tuple[float, bool | None, bool | None, bool | None]]:

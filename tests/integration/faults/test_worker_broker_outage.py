@@ -98,8 +98,8 @@ class Rig:
         try:
             time.sleep(seconds)
         finally:
+            t_up = time.monotonic()  # before SIGCONT: the broker cannot answer earlier
             self.broker.resume()
-        t_up = time.monotonic()
         deadline = t_up + TRUE_WITHIN_S + 10
         while not (self.worker.ready() and self._gauge_true()) and time.monotonic() < deadline:
             time.sleep(0.1)
