@@ -105,6 +105,17 @@ class _Silent(_Closing):
         pass
 
 
+def _columns(stream: Any) -> int:
+    """The terminal's width; a terminal that reports none (a fresh pty is 0 x 0) gets 100, since
+    tqdm draws an empty bar at width 0."""
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 100
+    except (AttributeError, OSError, ValueError):
+        return 100
+
+
 class _Bar(_Closing):
     """A tqdm bar redrawn in place; it appears only once the step has run for START_DELAY_S."""
 
@@ -113,6 +124,7 @@ class _Bar(_Closing):
 
         self._bar = tqdm(
             total=total,
+            ncols=_columns(stream),
             desc=desc,
             unit=unit,
             unit_scale=unit_scale,
