@@ -92,6 +92,8 @@ def published(secured: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> 
                 str(root / "models"),
                 "--epochs",
                 "12",
+                "--calibration",
+                "holdout",
                 "--quiet",
                 "--seed",
                 "2",

@@ -15,7 +15,8 @@ from worker.model_follow import ModelTopicReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
-QUICK = ["--epochs", "25", "--quiet", "--seed", "3"]
+# holdout: these tests are about topics, not thresholds (cross-fitting trains 3 more networks)
+QUICK = ["--epochs", "25", "--quiet", "--seed", "3", "--calibration", "holdout"]
 TRUTH = ("label", "anomaly_kind", "anomaly_sensor")
 
 

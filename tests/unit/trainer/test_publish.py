@@ -43,7 +43,7 @@ def test_loaded_model_gives_the_same_scores(published) -> None:  # type: ignore[
 def test_versions_promote_and_retention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     x = correlated_rows(80)
     for _ in range(4):
-        trained = fit_model(x, FEATURES, None, QUICK.__class__(epochs=1, patience=1), quiet=True)
+        trained = fit_model(x, FEATURES, None, QUICK.__class__(epochs=1, patience=1, calibration="holdout"), quiet=True)
         publish_model(trained, tmp_path, keep=3)
     assert [v.version for v in list_versions(tmp_path)] == ["v2", "v3", "v4"]
     assert current_version(tmp_path) == "v4"
@@ -69,7 +69,7 @@ def test_versions_promote_and_retention(tmp_path: Path, capsys: pytest.CaptureFi
 
     # Retention never removes the current version, even when it is old.
     publish_model(
-        fit_model(x, FEATURES, None, QUICK.__class__(epochs=1, patience=1), quiet=True),
+        fit_model(x, FEATURES, None, QUICK.__class__(epochs=1, patience=1, calibration="holdout"), quiet=True),
         tmp_path,
         keep=1,
         make_current=False,
@@ -92,7 +92,7 @@ PUBLISH_LOOP = textwrap.dedent(
     x = correlated_rows(120)
     epochs = int(sys.argv[2])
     while True:
-        trained = fit_model(x, FEATURES, None, FitOptions(epochs=epochs, patience=epochs), quiet=True)
+        trained = fit_model(x, FEATURES, None, FitOptions(epochs=epochs, patience=epochs, calibration="holdout"), quiet=True)
         print("training done", flush=True)
         print("published", publish_model(trained, sys.argv[1], keep=50), flush=True)
     """
