@@ -3,7 +3,7 @@ that came before it (PRODUCT.md, "Series per key").
 
 - `SeriesModel` (``bundle.series``) scores raw windows ``(n, W, channels)``: each window is
   normalised with its key's statistics (`KeyNormaliser`), rebuilt through the bundle's engine,
-  and scored by its mean element error; each key is judged against its own threshold
+  and scored by the mean element error of its last ``score_steps`` rows; each key is judged against its own threshold
   (`KeyThresholds`). `SeriesModel.score_rows` is the offline path (a whole table at once).
 - `SeriesState` is a worker's streaming state: per-key windows of raw records (`KeyedWindows`)
   and the normaliser's online learning for keys the model was not trained on.
@@ -71,7 +71,8 @@ def series_keys(values: Any, n_rows: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SeriesScores:
-    """Scores of ``n`` windows: ``scores`` (n,) mean element error in normalised space,
+    """Scores of ``n`` windows: ``scores`` (n,) mean element error of the last
+    ``score_steps`` rows in normalised space,
     ``thresholds`` (n,) each window's key threshold, ``element_errors`` (n, W, channels)."""
 
     scores: np.ndarray
@@ -139,6 +140,12 @@ def normalise_windows(
     return (values - means) / stds
 
 
+def window_scores(element_errors: np.ndarray, score_steps: int) -> np.ndarray:
+    """Scores from element errors (n, W, C): the mean over the last ``score_steps`` rows."""
+    n = element_errors.shape[0]
+    return element_errors[:, -score_steps:, :].reshape(n, -1).mean(axis=1)
+
+
 class SeriesModel:
     """The windowed view of a loaded version whose manifest has a ``series`` section.
 
@@ -154,6 +161,7 @@ class SeriesModel:
         self.bundle = bundle
         self.params = params
         self.window = int(params.window)
+        self.score_steps = min(int(params.score_steps), self.window)
         self.channels = bundle.manifest.n_features
         self.channel_names = list(bundle.manifest.feature_names)
         self.normaliser = KeyNormaliser.from_json(params.normaliser)
@@ -197,7 +205,7 @@ class SeriesModel:
         normalised = normalise_windows(values, key_column, normaliser)
         rec = self.reconstruct(normalised)
         errors = feature_errors(normalised, rec, self.bundle.manifest.error)
-        scores = errors.reshape(n, -1).mean(axis=1)
+        scores = window_scores(errors, self.score_steps)
         return SeriesScores(scores, self.thresholds.thresholds_for(key_column), errors)
 
     def row_windows(self, x: np.ndarray, keys: Any = None, order: Any = None) -> RowWindows:

@@ -309,6 +309,14 @@ def _series_options(p: argparse.ArgumentParser, *, fit: bool = False) -> None:
             metavar="W",
             help="train a windowed model on sliding windows of W rows per key (W >= 2)",
         )
+        g.add_argument(
+            "--score-steps",
+            type=int,
+            default=1,
+            metavar="S",
+            help="a window's score is the mean error of its last S rows (default 1: the row it "
+            "scores; W averages the whole window)",
+        )
     g.add_argument("--key-column", help="column naming each row's series (default: one series)")
     g.add_argument(
         "--time-column",

@@ -51,7 +51,9 @@ def fit_series(args: argparse.Namespace, options: Any) -> int:
         label_column=args.label_column,
         features=args.features,
     )
-    trained = fit_series_model(data, args.window, options, quiet=args.quiet)
+    trained = fit_series_model(
+        data, args.window, options, quiet=args.quiet, score_steps=args.score_steps
+    )
     version = publish_model(trained, args.model_dir, keep=args.keep)
     if args.report:
         from anomaly_contract.model_dir import load_bundle

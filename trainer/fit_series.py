@@ -26,6 +26,7 @@ from anomaly_contract.errors import ConfigError, DataError
 from anomaly_contract.key_normaliser import KeyNormaliser
 from anomaly_contract.key_thresholds import KeyThresholds, fit_key_thresholds
 from anomaly_contract.model_dir import utc_now
+from anomaly_contract.series import window_scores
 from anomaly_contract.windows import WindowIndex, index_windows, split_windows_in_time
 from trainer import calibration
 from trainer.data_series import SeriesData
@@ -40,6 +41,9 @@ DEFAULT_WINDOW_ARCHITECTURE = "dense"
 # Training windows overlap by W-1 rows, so neighbours teach little more than one of them; an
 # even subsample bounds an epoch's time on long series without losing any key or stretch.
 MAX_TRAIN_WINDOWS = 20_000
+# A window scores the errors of its last row only: averaging all W rows let one spike raise the
+# scores of the W-1 normal rows after it (measured in the README, "Series per key").
+DEFAULT_SCORE_STEPS = 1
 MIN_TRAIN_WINDOWS = 10
 MIN_VALIDATION_WINDOWS = 2
 MIN_CALIBRATION_WINDOWS = 5
@@ -63,12 +67,18 @@ def fit_series_model(
     *,
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    max_train_windows: int = MAX_TRAIN_WINDOWS,
+    score_steps: int = DEFAULT_SCORE_STEPS,
 ) -> TrainedModel:
     """Train and calibrate a windowed autoencoder on ``data``; `DataError`/`ConfigError` before
-    any training when the data or options cannot work."""
+    any training when the data or options cannot work. At most ``max_train_windows`` training
+    windows, evenly spread, feed the gradient steps; a window's score averages the errors of
+    its last ``score_steps`` rows."""
     opts = options or FitOptions()
     say = (lambda _msg: None) if quiet else (log or (lambda msg: print(msg, file=sys.stderr)))
     _check_options(window, opts)
+    if not 1 <= score_steps <= window:
+        raise ConfigError(f"--score-steps must lie between 1 and the window {window}")
     parts = split_series(data, window, opts)
     train_rows = np.unique(parts.index.rows[parts.train])
     normaliser = KeyNormaliser.fit(data.x[train_rows], data.keys[train_rows])
@@ -79,7 +89,7 @@ def fit_series_model(
     def inputs(selection: np.ndarray) -> np.ndarray:
         return normalised[parts.index.rows[selection]].reshape(selection.size, -1)
 
-    trained_on = even_subsample(parts.train, MAX_TRAIN_WINDOWS)
+    trained_on = even_subsample(parts.train, max_train_windows)
     batch_size = opts.batch_size or default_batch_size(trained_on.size)
     say(
         f"training a windowed {spec.architecture} autoencoder (W={window} x "
@@ -101,20 +111,37 @@ def fit_series_model(
         )
     seconds = time.perf_counter() - started
     window_keys = parts.index.key_names[parts.index.window_keys].astype(str)
-    cal_errors = reconstruction_errors(model, inputs(parts.calibration), spec.input_shape, error)
+
+    def errors_of(selection: np.ndarray) -> np.ndarray:
+        flat = reconstruction_errors(
+            model, inputs(selection), spec.input_shape, error, reduce=False
+        )
+        return window_scores(flat.reshape(selection.size, window, -1), score_steps)
+
+    cal_errors = errors_of(parts.calibration)
     thresholds = fit_key_thresholds(cal_errors, window_keys[parts.calibration], opts.percentile)
     heldout = np.concatenate([parts.validation, parts.calibration, parts.labelled])
-    heldout_errors = reconstruction_errors(model, inputs(heldout), spec.input_shape, error)
+    heldout_errors = errors_of(heldout)
     heldout_relative = thresholds.relative_scores(heldout_errors, window_keys[heldout])
     heldout_labels = np.repeat(
         np.array([0, 1], dtype=np.int64),
         [parts.validation.size + parts.calibration.size, parts.labelled.size],
     )
     metrics = _metrics(history, heldout_relative, heldout_labels, cal_errors, seconds)
+    metrics["train_windows_used"] = float(trained_on.size)
     val_loss = metrics["val_loss"]
     say(f"trained {model.count_params():,} weights in {seconds:.1f}s; best val_loss {val_loss:.5f}")
     manifest = series_manifest(
-        data, window, spec, error, opts, parts, normaliser, thresholds, cal_errors, metrics
+        data,
+        (window, score_steps),
+        spec,
+        error,
+        opts,
+        parts,
+        normaliser,
+        thresholds,
+        cal_errors,
+        metrics,
     )
     channels = data.x.shape[1]
     return TrainedModel(
@@ -259,7 +286,7 @@ def _metrics(
 
 def series_manifest(
     data: SeriesData,
-    window: int,
+    window_steps: tuple[int, int],
     spec: ModelSpec,
     error: artifact.ScoreError,
     opts: FitOptions,
@@ -269,7 +296,9 @@ def series_manifest(
     cal_errors: np.ndarray,
     metrics: dict[str, float],
 ) -> artifact.Manifest:
-    """The unpublished manifest of a windowed model (``series`` set, pooled ``threshold``)."""
+    """The unpublished manifest of a windowed model (``series`` set, pooled ``threshold``);
+    ``window_steps`` is (W, score steps)."""
+    window, score_steps = window_steps
     _, stats = calibration.calibrate(cal_errors, opts.percentile)
     own = len(thresholds.per_key)
     notes = [
@@ -287,7 +316,6 @@ def series_manifest(
         "activation": spec.activation,
         "window": window,
         "error": error,
-        "max_train_windows": MAX_TRAIN_WINDOWS,
     }
     train_rows = np.unique(parts.index.rows[parts.train])
     return artifact.Manifest(
@@ -318,6 +346,7 @@ def series_manifest(
         notes=notes,
         series=artifact.SeriesParams(
             window=window,
+            score_steps=score_steps,
             key_column=data.key_column,
             time_column=data.time_column,
             normaliser=normaliser.to_json(),
