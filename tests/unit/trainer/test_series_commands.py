@@ -163,6 +163,7 @@ def test_a_windowed_version_survives_the_model_topic_packing(series_model, tmp_p
     from anomaly_contract.model_topic_format import pack_version_dir, unpack_blob
 
     data, model_dir = series_model
+    (tmp_path / "v").mkdir()
     unpack_blob(pack_version_dir(version_dir(model_dir)), tmp_path / "v")
 
     frame = pd.read_csv(data)
