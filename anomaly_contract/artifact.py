@@ -28,6 +28,8 @@ from anomaly_contract.engines import DenseEngine, load_keras_model
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
+    from anomaly_contract.series import SeriesModel
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 SCALER_FILE = "scaler.json"
@@ -92,13 +94,41 @@ def feature_errors(xs: np.ndarray, rec: np.ndarray, error: ScoreError) -> np.nda
     return np.square(diff, out=diff) if error == "mse" else np.abs(diff, out=diff)
 
 
+class SeriesParams(_Strict):
+    """A windowed (series per key) model: how rows become windows, and the per-key statistics.
+
+    ``normaliser`` is `KeyNormaliser.to_json`, ``thresholds`` `KeyThresholds.to_json`; a
+    version's scaler is then the identity (normalisation is per key). Read through
+    `ModelBundle.series` (`anomaly_contract.series.SeriesModel`).
+    """
+
+    window: int = Field(ge=2)
+    # The score of a window is the mean element error of its last ``score_steps`` rows: the row
+    # it scores and the few before. Averaging the whole window (``score_steps = window``) lets one
+    # spike raise the score of the W-1 normal rows after it.
+    score_steps: int = Field(default=1, ge=1)
+    key_column: str | None = None
+    time_column: str | None = None
+    normaliser: dict[str, Any]
+    thresholds: dict[str, Any]
+
+
+# Windowed models add "lstm" and "conv1d"; a windowed "dense" is dense on the flattened window.
+Architecture = Literal["dense", "conv", "vae", "lstm", "conv1d"]
+
+
 class Manifest(_Strict):
-    """Everything needed to use a version without its training code."""
+    """Everything needed to use a version without its training code.
+
+    For windowed models (``series`` set) ``feature_names`` are the channels, ``input_shape`` is
+    ``[W, channels]`` (lstm, conv1d) or ``[W * channels]`` (dense), and ``threshold`` is the
+    pooled one (each key's own lives in ``series.thresholds``).
+    """
 
     format_version: Literal[1] = 1
     version: str
     created_at: datetime
-    architecture: Literal["dense", "conv", "vae"]
+    architecture: Architecture
     feature_names: list[str]
     input_shape: list[int] = Field(
         description="the Keras model's input shape without the batch axis"
@@ -120,10 +150,16 @@ class Manifest(_Strict):
     validation_metrics: dict[str, float]
     library_versions: dict[str, str]
     notes: list[str] = Field(default_factory=list)
+    series: SeriesParams | None = None
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def input_size(self) -> int:
+        """Values one network input holds: the features, or a window's W * channels."""
+        return int(np.prod(self.input_shape))
 
     @property
     def expected_anomaly_ratio(self) -> float:
@@ -200,6 +236,7 @@ class ModelBundle:
     engine: DenseEngine | None = None
     _model: Any = field(default=None, repr=False)
     _infer: Any = field(default=None, repr=False)
+    _series: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -227,6 +264,16 @@ class ModelBundle:
         return self.manifest.feature_names
 
     @property
+    def series(self) -> SeriesModel:
+        """The windowed view of this version (`SeriesModel`); ValueError for a point model."""
+        from anomaly_contract.series import SeriesModel
+
+        with self._lock:
+            if self._series is None:
+                self._series = SeriesModel(self)
+            return self._series
+
+    @property
     def encoder(self) -> keras.Model:
         return self.model.get_layer("encoder")
 
@@ -249,12 +296,14 @@ class ModelBundle:
             return self._infer
 
     def reconstruct_scaled(self, xs: np.ndarray) -> np.ndarray:
-        """Reconstruct already-scaled rows, shape (n, n_features) -> (n, n_features)."""
+        """Reconstruct already-scaled inputs, shape (n, input_size) -> (n, input_size).
+
+        ``input_size`` is the feature count for point models and W * channels for windows."""
         if self.engine is not None:
             return self.engine.reconstruct(xs)
         infer = self._compiled()
         n = xs.shape[0]
-        out = np.empty((n, self.manifest.n_features), dtype=np.float32)
+        out = np.empty((n, self.manifest.input_size), dtype=np.float32)
         for start in range(0, n, SCORE_CHUNK_ROWS):
             chunk = xs[start : start + SCORE_CHUNK_ROWS].reshape(-1, *self.manifest.input_shape)
             rec = infer(np.ascontiguousarray(chunk, dtype=np.float32)).numpy()
@@ -262,7 +311,10 @@ class ModelBundle:
         return out
 
     def score(self, x: np.ndarray) -> ScoreResult:
-        """Score raw (unscaled) rows of shape (n, n_features)."""
+        """Score raw (unscaled) rows of shape (n, n_features) (point models; windowed ones
+        score windows through `series`)."""
+        if self.manifest.series is not None:
+            raise ValueError("a windowed model scores windows: use bundle.series.score_windows")
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.manifest.n_features:
             raise ValueError(
@@ -290,6 +342,9 @@ class ModelBundle:
 
     def warm_up(self) -> None:
         """Trace the inference function now so the first real batch pays nothing."""
+        if self.manifest.series is not None:
+            self.reconstruct_scaled(np.zeros((1, self.manifest.input_size), dtype=np.float32))
+            return
         self.score(np.asarray(self.scaler.offset, dtype=np.float64)[None, :])
 
 

@@ -160,9 +160,9 @@ def load_version_dir(path: str | os.PathLike[str], *, prefer_keras: bool = False
         except (OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"{path / DENSE_WEIGHTS_FILE} cannot be loaded: {exc}") from exc
         dims = (engine.kernels[0].shape[0], engine.kernels[-1].shape[1])
-        if dims != (manifest.n_features, manifest.n_features):
+        if dims != (manifest.input_size, manifest.input_size):
             raise ArtifactError(
-                f"{path}: dense weights map {dims}, manifest has {manifest.n_features}"
+                f"{path}: dense weights map {dims}, manifest inputs hold {manifest.input_size}"
             )
         return ModelBundle(manifest=manifest, scaler=scaler, path=path, engine=engine)
     model = load_keras_model(path / MODEL_FILE, manifest.input_shape)
