@@ -288,12 +288,13 @@ class FakeReplayReader:
         self.consumer = consumer
         self.chunk = chunk
         self.reads: list[tuple[Partition, int, int]] = []
-        self.fail = False  # the broker cannot serve the replay
+        self.fail = 0  # the next reads that fail (the broker cannot serve them)
         self.closed = False
 
     def read(self, tp: Partition, start: int, end: int) -> Iterator[list[Any]]:
         self.reads.append((tp, start, end))
         if self.fail:
+            self.fail -= 1
             raise RequestTimeout("the broker does not answer the replay")
         log = self.consumer.log[tp]
         for first in range(start, end, self.chunk):
