@@ -277,7 +277,12 @@ class Worker:
         if self._replay_reader is None:
             self._replay_reader = self._replay_reader_factory(self.s)
         self.series = SeriesScoring(
-            model, self.s, self.metrics.state, lambda: self.consumer, self._replay_reader
+            model,
+            self.s,
+            self.metrics.state,
+            lambda: self.consumer,
+            self._replay_reader,
+            previous=self.series,
         )
 
     def _maybe_swap(self) -> None:

@@ -39,17 +39,24 @@ class SeriesScoring:
         metrics: StateMetrics,
         consumer: Callable[[], ConsumerClient | None],
         reader: ReplayReader,
+        previous: SeriesScoring | None = None,
     ) -> None:
         self.model = model
         self.key_field = settings.key_field
         self._consumer = consumer
         self._reader = reader
         trained = model.normaliser.trained_keys()
-        self.room = SeriesStateRoom(
+        same_shape = previous is not None and (
+            previous.model.window,
+            previous.model.warmup_records,
+        ) == (model.window, model.warmup_records)
+        self.room: SeriesStateRoom = SeriesStateRoom(
             new_store=lambda: SeriesState(model, settings.max_keys),
             learns_online=lambda key: key not in trained,
             replay_cap=settings.state_replay_max_records,
             metrics=metrics,
+            # batches the previous version scored may still be committed: keep their plans
+            marks=previous.room.marks if same_shape and previous is not None else None,
         )
 
     def commit_metadata(self, tp: Partition, offset: int) -> str:

@@ -100,7 +100,6 @@ class PartitionState:
 
     store: SeriesStore
     needed: dict[str, int] = field(default_factory=dict)  # key -> oldest offset it needs
-    marks: deque[tuple[int, ReplayPlan]] = field(default_factory=lambda: deque(maxlen=MAX_MARKS))
     plan: ReplayPlan | None = None  # the latest computed
     planned_at: float = float("-inf")
     evicted_seen: int = 0
@@ -112,6 +111,10 @@ class SeriesStateRoom:
     ``new_store`` builds an empty store for a partition; ``learns_online(key)`` is True for keys
     whose normalisation is learnt from their first records (keys the model was not trained
     on). ``replay_cap`` bounds how far back a restore reads.
+
+    The plans noted at batch ends (``marks``: next offset -> plan) are facts about the input, not
+    about a store: they outlive a dropped partition (its batches in flight may still be committed)
+    and pass to the room of a new model version whose windows have the same shape.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class SeriesStateRoom:
         replay_cap: int,
         metrics: StateMetrics,
         clock: Callable[[], float] = time.monotonic,
+        marks: dict[Partition, deque[tuple[int, ReplayPlan]]] | None = None,
     ) -> None:
         self._new_store = new_store
         self._learns_online = learns_online
@@ -128,6 +132,7 @@ class SeriesStateRoom:
         self.metrics = metrics
         self._clock = clock
         self._parts: dict[Partition, PartitionState] = {}
+        self.marks: dict[Partition, deque[tuple[int, ReplayPlan]]] = marks if marks else {}
         metrics.keys.set_function(lambda: float(self.keys_held()))
 
     # ----------------------------------------------------------------------------- queries
@@ -169,7 +174,10 @@ class SeriesStateRoom:
             if part.plan is None or now - part.planned_at >= REPLAY_START_REFRESH_S:
                 part.plan = self.replay_plan(part, next_offset)
                 part.planned_at = now
-            part.marks.append((next_offset, part.plan))
+            marks = self.marks.get(tp)
+            if marks is None:
+                marks = self.marks[tp] = deque(maxlen=MAX_MARKS)
+            marks.append((next_offset, part.plan))
 
     def _count_evictions(self, part: PartitionState) -> None:
         """Forget what evicted keys needed (they are gone: a restore need not rebuild them)."""
@@ -196,15 +204,13 @@ class SeriesStateRoom:
         """The metadata to commit with ``offset`` of ``tp``: the plan of the batch that ended
         there (or of the latest before it: an earlier start is always safe); empty when unknown,
         and a restore then reads back the cap."""
-        part = self._parts.get(tp)
-        if part is None:
-            return ""
+        marks = self.marks.get(tp)
         found: tuple[int, ReplayPlan] | None = None
-        while part.marks and part.marks[0][0] <= offset:
-            found = part.marks.popleft()  # older marks are never needed again: commits grow
-        if found is None:
+        while marks and marks[0][0] <= offset:
+            found = marks.popleft()  # older marks are never needed again: commits grow
+        if marks is None or found is None:
             return ""
-        part.marks.appendleft(found)  # the same offset may be committed again (a retry)
+        marks.appendleft(found)  # the same offset may be committed again (a retry)
         return found[1].to_metadata()
 
     def drop(self, partitions: Iterable[Partition] | None) -> None:

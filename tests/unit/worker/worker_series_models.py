@@ -129,3 +129,28 @@ def publish_series_model(
         identity = Scaler("standard", np.zeros(x.shape[1]), np.ones(x.shape[1]))
         write_version_files(staging, model, identity, manifest)
         return publish_staged(model_dir, staging)
+
+
+def offline_in_log_order(
+    bundle: object, x: np.ndarray, keys: np.ndarray, sources: list[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Offline (``bundle.series.score_rows``) scores, thresholds and warming flags of rows that
+    landed at ``sources`` (partition, offset), scored in log order: each key's rows in the order
+    of its partition, as the worker reads them. Returned in the order of ``sources``."""
+    order = np.array(sorted(range(len(sources)), key=lambda i: sources[i]), dtype=np.int64)
+    result = bundle.series.score_rows(x[order], keys[order])  # type: ignore[attr-defined]
+    scores, thresholds, warming = (np.empty(len(sources)) for _ in range(3))
+    scores[order], thresholds[order] = result.scores, result.thresholds
+    warming[order] = result.warming
+    return scores, thresholds, warming.astype(bool)
+
+
+def series_flags(
+    scores: np.ndarray, thresholds: np.ndarray, sources: list[tuple[int, int]], rel: float = 1e-6
+) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """(records that must be flagged, records within ``rel`` of their key's threshold)."""
+    with np.errstate(invalid="ignore"):
+        margin = rel * thresholds
+        must = np.flatnonzero(scores > thresholds + margin)
+        maybe = np.flatnonzero(np.abs(scores - thresholds) <= margin)
+    return {sources[i] for i in must.tolist()}, {sources[i] for i in maybe.tolist()}
