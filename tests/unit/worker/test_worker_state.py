@@ -199,3 +199,20 @@ def test_dropping_a_partition_discards_its_keys():
     assert room.room.partitions() == {P1} and room.room.keys_held() == 1
     room.room.drop(None)
     assert room.room.keys_held() == 0
+
+
+def test_plans_outlive_a_dropped_partition_and_pass_to_a_new_room():
+    # a batch noted before a model swap or a redo may still be committed afterwards
+    room = Room()
+    _feed(room.room, P0, ["a"] * 5)
+    room.room.end_batch({P0: 5})
+    room.room.drop(None)
+    assert ReplayPlan.from_metadata(room.room.commit_metadata(P0, 5)) == ReplayPlan(2)
+    successor = SeriesStateRoom(
+        new_store=lambda: KeyedWindows(W, 1, 10),
+        learns_online=lambda key: False,
+        replay_cap=1000,
+        metrics=StateMetrics(CollectorRegistry()),
+        marks=room.room.marks,
+    )
+    assert ReplayPlan.from_metadata(successor.commit_metadata(P0, 5)) == ReplayPlan(2)
