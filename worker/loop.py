@@ -283,6 +283,7 @@ class Worker:
             lambda: self.consumer,
             self._replay_reader,
             previous=self.series,
+            heartbeat=self.health.beat,
         )
 
     def _maybe_swap(self) -> None:

@@ -40,8 +40,10 @@ class SeriesScoring:
         consumer: Callable[[], ConsumerClient | None],
         reader: ReplayReader,
         previous: SeriesScoring | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.model = model
+        self._heartbeat = heartbeat
         self.key_field = settings.key_field
         self._consumer = consumer
         self._reader = reader
@@ -74,7 +76,9 @@ class SeriesScoring:
         rows_of = replay_rows(spec, self.key_field)
         for tp in sorted(missing):
             metadata = consumer.committed_metadata(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-            self.room.restore(tp, held[tp][0].offset, metadata, self._reader, rows_of)
+            self.room.restore(
+                tp, held[tp][0].offset, metadata, self._reader, rows_of, self._heartbeat
+            )
 
     def batch_outputs(
         self,

@@ -233,6 +233,7 @@ class SeriesStateRoom:
         committed_metadata: str | None,
         reader: ReplayReader,
         rows_of: RowsOf,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> int:
         """Rebuild ``tp``'s state from scratch as it was before offset ``until`` (the first
         record about to be scored): re-read the partition from the replay start its commit
@@ -240,7 +241,8 @@ class SeriesStateRoom:
 
         Without metadata (no commit, or one by a worker without windowed state) it reads back
         the cap. Raises the reader's `ClientError` when the partition cannot be read; the
-        partition is then left unrestored (the caller retries).
+        partition is then left unrestored (the caller retries). ``heartbeat`` is called after
+        each chunk read: a long restore is work, not a hung loop (liveness).
         """
         started = time.perf_counter()
         plan = ReplayPlan.from_metadata(committed_metadata)
@@ -254,6 +256,7 @@ class SeriesStateRoom:
                 n_read += len(records)
                 for key, vector, offset in rows_of(records):
                     self.push(tp, key, vector, offset)
+                heartbeat()
         except BaseException:
             self.drop([tp])
             raise
