@@ -103,6 +103,10 @@ class SeriesParams(_Strict):
     """
 
     window: int = Field(ge=2)
+    # The score of a window is the mean element error of its last ``score_steps`` rows: the row
+    # it scores and the few before. Averaging the whole window (``score_steps = window``) lets one
+    # spike raise the score of the W-1 normal rows after it.
+    score_steps: int = Field(default=1, ge=1)
     key_column: str | None = None
     time_column: str | None = None
     normaliser: dict[str, Any]

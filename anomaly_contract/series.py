@@ -3,7 +3,7 @@ that came before it (PRODUCT.md, "Series per key").
 
 - `SeriesModel` (``bundle.series``) scores raw windows ``(n, W, channels)``: each window is
   normalised with its key's statistics (`KeyNormaliser`), rebuilt through the bundle's engine,
-  and scored by its mean element error; each key is judged against its own threshold
+  and scored by the mean element error of its last ``score_steps`` rows; each key is judged against its own threshold
   (`KeyThresholds`). `SeriesModel.score_rows` is the offline path (a whole table at once).
 - `SeriesState` is a worker's streaming state: per-key windows of raw records (`KeyedWindows`)
   and the normaliser's online learning for keys the model was not trained on.
@@ -71,7 +71,8 @@ def series_keys(values: Any, n_rows: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SeriesScores:
-    """Scores of ``n`` windows: ``scores`` (n,) mean element error in normalised space,
+    """Scores of ``n`` windows: ``scores`` (n,) mean element error of the last
+    ``score_steps`` rows in normalised space,
     ``thresholds`` (n,) each window's key threshold, ``element_errors`` (n, W, channels)."""
 
     scores: np.ndarray
@@ -105,6 +106,46 @@ class SeriesRowScores:
             return np.where(self.warming, False, self.scores > self.thresholds)
 
 
+@dataclass(frozen=True, eq=False)
+class RowWindows:
+    """What `SeriesModel.row_windows` found: ``windows`` (len(scored_rows), W, C) raw, the
+    window of each of ``scored_rows`` (input order), and the ``normaliser`` that knows every
+    scored key (trained, or learnt online from its first records)."""
+
+    index: WindowIndex
+    keys: np.ndarray
+    warming: np.ndarray
+    scored_rows: np.ndarray
+    windows: np.ndarray
+    normaliser: KeyNormaliser
+
+    def normalised(self) -> np.ndarray:
+        """The windows in the model's units (each with its key's statistics)."""
+        keys = self.keys[self.scored_rows]
+        return normalise_windows(self.windows, keys, self.normaliser)
+
+
+def normalise_windows(
+    windows: np.ndarray, keys: Sequence[str] | np.ndarray, normaliser: KeyNormaliser
+) -> np.ndarray:
+    """Raw windows (n, W, C) -> ``(x - mean_k) / std_k`` with each window's key statistics."""
+    values = np.asarray(windows, dtype=np.float64)
+    key_column = np.asarray(keys, dtype=object).reshape(-1)
+    if values.shape[0] == 0:
+        return values.copy()
+    names, codes = np.unique(key_column, return_inverse=True)
+    stats = [normaliser.statistics(str(k)) for k in names]
+    means = np.stack([m for m, _ in stats])[codes.reshape(-1)][:, None, :]
+    stds = np.stack([s for _, s in stats])[codes.reshape(-1)][:, None, :]
+    return (values - means) / stds
+
+
+def window_scores(element_errors: np.ndarray, score_steps: int) -> np.ndarray:
+    """Scores from element errors (n, W, C): the mean over the last ``score_steps`` rows."""
+    n = element_errors.shape[0]
+    return element_errors[:, -score_steps:, :].reshape(n, -1).mean(axis=1)
+
+
 class SeriesModel:
     """The windowed view of a loaded version whose manifest has a ``series`` section.
 
@@ -120,6 +161,7 @@ class SeriesModel:
         self.bundle = bundle
         self.params = params
         self.window = int(params.window)
+        self.score_steps = min(int(params.score_steps), self.window)
         self.channels = bundle.manifest.n_features
         self.channel_names = list(bundle.manifest.feature_names)
         self.normaliser = KeyNormaliser.from_json(params.normaliser)
@@ -160,20 +202,16 @@ class SeriesModel:
         if n == 0:
             empty = np.zeros(0, dtype=np.float64)
             return SeriesScores(empty, empty.copy(), np.zeros((0, *shape), dtype=np.float64))
-        names, codes = np.unique(key_column, return_inverse=True)
-        stats = [normaliser.statistics(str(k)) for k in names]
-        means = np.stack([m for m, _ in stats])[codes.reshape(-1)][:, None, :]
-        stds = np.stack([s for _, s in stats])[codes.reshape(-1)][:, None, :]
-        normalised = (values - means) / stds
+        normalised = normalise_windows(values, key_column, normaliser)
         rec = self.reconstruct(normalised)
         errors = feature_errors(normalised, rec, self.bundle.manifest.error)
-        scores = errors.reshape(n, -1).mean(axis=1)
+        scores = window_scores(errors, self.score_steps)
         return SeriesScores(scores, self.thresholds.thresholds_for(key_column), errors)
 
-    def score_rows(self, x: np.ndarray, keys: Any = None, order: Any = None) -> SeriesRowScores:
-        """Score a table offline: rows ``x`` (rows, C), ``keys`` one per row (None: one series),
-        ``order`` a time column (None: input order). Gives what streaming the rows of each key in
-        that order through a fresh `SeriesState` and `score_windows` gives."""
+    def row_windows(self, x: np.ndarray, keys: Any = None, order: Any = None) -> RowWindows:
+        """The window of every row that a worker would score: rows ``x`` (rows, C), ``keys`` one
+        per row (None: one series), ``order`` a time column (None: input order). Unseen keys
+        learn online in a fresh copy of the trained normaliser, as a fresh worker's would."""
         values = np.asarray(x, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != self.channels:
             raise ValueError(f"rows must be (rows, {self.channels}), got shape {values.shape}")
@@ -182,23 +220,49 @@ class SeriesModel:
         index = index_windows(key_column, n_rows, self.window, order)
         normaliser = self.trained_normaliser()
         warming = index.warming | ~self._learn_unseen_keys(values, index, normaliser)
-        selection = np.flatnonzero(~warming[index.end_rows])
-        rows = index.rows[selection]
+        rows = index.rows[np.flatnonzero(~warming[index.end_rows])]
+        # index.rows are in the input order of their last row, so scored_rows are too.
         scored_rows = rows[:, -1] if rows.size else np.zeros(0, dtype=np.int64)
-        result = self.score_windows_with(values[rows], key_column[scored_rows], normaliser)
+        return RowWindows(index, key_column, warming, scored_rows, values[rows], normaliser)
+
+    def score_rows(self, x: np.ndarray, keys: Any = None, order: Any = None) -> SeriesRowScores:
+        """Score a table offline (see `row_windows`): what streaming the rows of each key in
+        that order through a fresh `SeriesState` and `score_windows` gives."""
+        found = self.row_windows(x, keys, order)
+        scored_rows = found.scored_rows
+        result = self.score_windows_with(found.windows, found.keys[scored_rows], found.normaliser)
+        n_rows = found.keys.shape[0]
         scores = np.full(n_rows, np.nan)
         thresholds = np.full(n_rows, np.nan)
         scores[scored_rows], thresholds[scored_rows] = result.scores, result.thresholds
-        order_of_rows = np.argsort(scored_rows, kind="stable")
         return SeriesRowScores(
             scores,
             thresholds,
-            key_column,
-            warming,
-            scored_rows[order_of_rows],
-            result.element_errors[order_of_rows],
-            index,
+            found.keys,
+            found.warming,
+            scored_rows,
+            result.element_errors,
+            found.index,
         )
+
+    def encode(self, normalised: np.ndarray) -> np.ndarray:
+        """Normalised windows (n, W, C) -> latent codes (n, latent), float32."""
+        n = normalised.shape[0]
+        if self.bundle.engine is not None:
+            return self.bundle.engine.encode(normalised.reshape(n, -1))
+        shape = self.bundle.manifest.input_shape
+        inputs = np.asarray(normalised, np.float32).reshape(n, *shape)
+        return np.asarray(self.bundle.encoder(inputs, training=False)).reshape(n, -1)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Latent codes (n, latent) -> normalised windows (n, W, C)."""
+        codes = np.asarray(codes, dtype=np.float64)
+        n = codes.shape[0]
+        if self.bundle.engine is not None:
+            rec = self.bundle.engine.decode(codes)
+        else:
+            rec = np.asarray(self.bundle.decoder(codes.astype(np.float32), training=False))
+        return np.asarray(rec, dtype=np.float64).reshape(n, self.window, self.channels)
 
     def _learn_unseen_keys(
         self, values: np.ndarray, index: WindowIndex, normaliser: KeyNormaliser

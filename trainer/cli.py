@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_dir(p)
     _data_options(p, image=True)
     _fit_model_options(p)
+    _series_options(p, fit=True)
     _fit_training_options(p)
     _fit_output_options(p)
     _publish_topic(p)
@@ -244,15 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _model_command(sub, "score", "offline scores, the same numbers the worker emits", cmd_score)
     p.add_argument("--output", "-o", type=Path, help="JSON Lines file (default: stdout)")
+    _series_options(p)
 
     p = _model_command(
         sub, "evaluate", "precision, recall, F1, ROC-AUC, PR-AUC against labels", cmd_evaluate
     )
     p.add_argument("--report", type=Path, metavar="DIR", help="write error and latent plots here")
     _json_flag(p, "print one JSON object")
+    _series_options(p)
 
     p = _model_command(sub, "encode", "latent codes of each row (compression)", cmd_encode)
     _table_output(p)
+    _series_options(p)
 
     p = _model_command(
         sub,
@@ -267,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _model_command(sub, "denoise", "cleaned records from a denoising model", cmd_denoise)
     _table_output(p)
+    _series_options(p)
 
     p = _command(sub, "versions", "published versions; * marks the current one", cmd_versions)
     _model_dir(p)
@@ -291,13 +296,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _series_options(p: argparse.ArgumentParser, *, fit: bool = False) -> None:
+    g = p.add_argument_group(
+        "series per key",
+        "windowed models score each row with the rows of its key before it"
+        + ("" if fit else "; the key and time columns default to the model's"),
+    )
+    if fit:
+        g.add_argument(
+            "--window",
+            type=int,
+            metavar="W",
+            help="train a windowed model on sliding windows of W rows per key (W >= 2)",
+        )
+        g.add_argument(
+            "--score-steps",
+            type=int,
+            default=1,
+            metavar="S",
+            help="a window's score is the mean error of its last S rows (default 1: the row it "
+            "scores; W averages the whole window)",
+        )
+    g.add_argument("--key-column", help="column naming each row's series (default: one series)")
+    g.add_argument(
+        "--time-column",
+        help="column ordering each key's rows, numbers or timestamps (default: input order)",
+    )
+
+
 def _fit_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (defaults follow the data)")
     g.add_argument(
         "--architecture",
-        choices=["dense", "conv", "vae"],
+        choices=["dense", "conv", "vae", "lstm", "conv1d"],
         help="dense, conv (images) or vae (variational, dense; the score is the reconstruction "
-        "error of the mean code); default: dense",
+        "error of the mean code); default: dense. With --window: lstm, conv1d or dense (on the "
+        "flattened window)",
     )
     g.add_argument(
         "--hidden", type=_int_list, help="dense layer widths (or conv filters), e.g. 64,16"

@@ -10,8 +10,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from anomaly_contract import artifact, errors
 from anomaly_contract.errors import ConfigError, DataError
@@ -68,6 +69,34 @@ def _bundle(args: argparse.Namespace) -> artifact.ModelBundle:
     return load_bundle(args.model_dir, getattr(args, "version", None))
 
 
+def write_lines(path: Path | None, write: Callable[[TextIO], None]) -> None:
+    """Run ``write`` on ``path`` (whole or not at all: written aside, then renamed), or stdout."""
+    if path is None:
+        write(sys.stdout)
+        return
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with tmp.open("w") as fh:
+            write(fh)
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror}") from exc
+    os.replace(tmp, path)
+
+
+def _refuse_series_flags(args: argparse.Namespace, what: str) -> None:
+    for flag in ("key_column", "time_column"):
+        if getattr(args, flag, None):
+            raise ConfigError(f"{what} --{flag.replace('_', '-')}: it applies to windowed models")
+
+
+def _windowed(args: argparse.Namespace, bundle: artifact.ModelBundle) -> bool:
+    """True for a windowed version; refuses the series flags on a point model."""
+    if bundle.manifest.series is not None:
+        return True
+    _refuse_series_flags(args, f"{bundle.version} is a point model and takes no")
+    return False
+
+
 def _model_rows(ds: Any, bundle: artifact.ModelBundle) -> Any:
     from trainer.evaluate import align_features
 
@@ -88,6 +117,11 @@ def _fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
 
     if args.keep < 1:
         raise ConfigError(f"--keep must be at least 1, got {args.keep}")
+    if args.window is not None:
+        from trainer.commands_series import fit_series
+
+        return fit_series(args, _fit_options(args, None))
+    _refuse_series_flags(args, "fit needs --window W for")
     ds = _load(args.data, args, kafka, image_shape=args.image_shape, min_rows=None)
     options = _fit_options(args, args.image_shape or ds.image_shape)
     x, labels, flagged = ds.x, ds.labels, None
@@ -176,19 +210,14 @@ def cmd_score(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import score_rows, write_scores
 
     bundle = _bundle(args)
+    if _windowed(args, bundle):
+        from trainer.commands_series import score_series_command
+
+        return score_series_command(args, bundle)
     ds = _load(args.data, args, kafka, bundle=bundle)
     x = _model_rows(ds, bundle)
     result = score_rows(bundle, x)
-    if args.output:
-        tmp = args.output.with_name(args.output.name + ".part")
-        try:
-            with tmp.open("w") as fh:
-                write_scores(fh, result, bundle.threshold, ds.ids)
-        except OSError as exc:
-            raise DataError(f"cannot write {args.output}: {exc.strerror}") from exc
-        os.replace(tmp, args.output)
-    else:
-        write_scores(sys.stdout, result, bundle.threshold, ds.ids)
+    write_lines(args.output, lambda fh: write_scores(fh, result, bundle.threshold, ds.ids))
     flagged = int(result.is_anomaly(bundle.threshold).sum())
     _err(
         f"scored {len(result.scores)} rows with {bundle.version}: {flagged} above threshold {bundle.threshold:.6g}"
@@ -200,6 +229,10 @@ def cmd_evaluate(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import evaluate_bundle, format_metrics
 
     bundle = _bundle(args)
+    if _windowed(args, bundle):
+        from trainer.commands_series import evaluate_series_command
+
+        return evaluate_series_command(args, bundle)
     ds = _load(args.data, args, kafka, bundle=bundle)
     if ds.labels is None:
         raise ConfigError("evaluate needs labels: pass --label-column COL (0 = normal)")
@@ -230,6 +263,10 @@ def cmd_encode(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import encode_rows, write_table
 
     bundle = _bundle(args)
+    if _windowed(args, bundle):
+        from trainer.commands_series import encode_series_command
+
+        return encode_series_command(args, bundle)
     ds = _load(args.data, args, kafka, bundle=bundle)
     x = _model_rows(ds, bundle)
     codes, stats = encode_rows(bundle, x)
@@ -246,6 +283,10 @@ def cmd_decode(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import decode_codes, write_table
 
     bundle = _bundle(args)
+    if bundle.manifest.series is not None:
+        from trainer.commands_series import decode_series_command
+
+        return decode_series_command(args, bundle)
     from trainer.data import load_dataset
 
     ds = load_dataset(args.data, min_rows=1, kafka=kafka)
@@ -265,6 +306,10 @@ def cmd_denoise(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     from trainer.evaluate import denoise_rows, score_rows, write_table
 
     bundle = _bundle(args)
+    if _windowed(args, bundle):
+        from trainer.commands_series import denoise_series_command
+
+        return denoise_series_command(args, bundle)
     if not bundle.manifest.denoise:
         _err(
             f"note: {bundle.version} was not trained with --denoise; its reconstructions smooth "

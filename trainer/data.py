@@ -28,7 +28,8 @@ import pandas as pd
 
 from anomaly_contract.errors import DataError
 from anomaly_contract.records import FeatureSpec
-from trainer import builtin_data, data_arrays, data_records, data_tables
+from trainer import builtin_data, builtin_machines, data_arrays, data_records, data_tables
+from trainer.builtin_machines import AR_CHANNELS, MACHINE_CHANNELS
 from trainer.data_arrays import Arrays
 from trainer.data_messages import quote_names
 from trainer.data_tables import DEFAULT_LABEL_COLUMN, ID_COLUMN, Table
@@ -51,7 +52,13 @@ __all__ = [
 
 MIN_ROWS = 20
 FILE_TYPES = (".csv", ".jsonl", ".parquet", ".npy", ".npz")
-BUILTIN_SETS = ("digits", "mnist", "sensors")
+BUILTIN_SETS = ("digits", "mnist", "sensors", "machines", "machines-ar")
+# Options of the generated table sets, with the type of each value.
+_TABLE_OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
+    "sensors": {"rows": int, "anomaly_rate": float, "seed": int},
+    "machines": {"keys": int, "length": int, "anomaly_share": float, "seed": int},
+    "machines-ar": {"keys": int, "length": int, "anomaly_share": float, "seed": int},
+}
 _SHAPE_RE = re.compile(r"^\s*(\d+)\s*[x×]\s*(\d+)(?:\s*[x×]\s*(\d+))?\s*$", re.IGNORECASE)
 
 
@@ -179,10 +186,8 @@ def _read_builtin(source: str, label_column: str | None) -> Table | Arrays:
     if name not in BUILTIN_SETS:
         choices = ", ".join(f"builtin:{n}" for n in BUILTIN_SETS)
         raise DataError(f"unknown built-in data set {source!r}: choose one of {choices}")
-    if name == "sensors":
-        options = _builtin_options(source, query)
-        table = builtin_data.sensor_table(**options)
-        return Table(pd.DataFrame(table), source, lambda i: f"row {i + 1}")
+    if name in _TABLE_OPTIONS:
+        return builtin_table(source)
     if query:
         raise DataError(f"{source}: builtin:{name} takes no options; use builtin:{name}")
     if label_column is not None:
@@ -199,20 +204,44 @@ def _read_builtin(source: str, label_column: str | None) -> Table | Arrays:
     )
 
 
-def _builtin_options(source: str, query: str) -> dict[str, Any]:
-    kinds: dict[str, Callable[[str], Any]] = {"rows": int, "anomaly_rate": float, "seed": int}
+def builtin_table(source: str) -> Table:
+    """A generated table set (``builtin:sensors``, ``builtin:machines``, ``builtin:machines-ar``).
+
+    The machine sets are series: their ``t`` column is time, not a feature, so a model on them
+    takes the channels by default (`Table.default_features`)."""
+    name, _, query = source[len("builtin:") :].partition("?")
+    options = _builtin_options(source, name, query)
+    if name == "sensors":
+        return Table(pd.DataFrame(builtin_data.sensor_table(**options)), source, _row_name)
+    try:
+        if name == "machines":
+            columns, channels = builtin_machines.machines_table(**options), MACHINE_CHANNELS
+        else:
+            columns, channels = builtin_machines.machines_ar_table(**options), AR_CHANNELS
+    except ValueError as exc:
+        raise DataError(f"{source}: {exc}") from None
+    return Table(pd.DataFrame(columns), source, _row_name, default_features=list(channels))
+
+
+def _row_name(i: int) -> str:
+    return f"row {i + 1}"
+
+
+def _builtin_options(source: str, name: str, query: str) -> dict[str, Any]:
+    kinds = _TABLE_OPTIONS[name]
     options: dict[str, Any] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in kinds:
             raise DataError(
-                f"{source}: unknown option {key!r}; builtin:sensors takes {quote_names(list(kinds))}"
+                f"{source}: unknown option {key!r}; builtin:{name} takes {quote_names(list(kinds))}"
             )
         try:
             options[key] = kinds[key](value)
         except ValueError:
             raise DataError(f"{source}: option {key}={value!r} is not a number") from None
-    if options.get("rows", 1) < 1 or options.get("seed", 0) < 0:
-        raise DataError(f"{source}: rows must be positive and seed not negative")
+    size = "rows" if "rows" in kinds else "keys"
+    if options.get(size, 1) < 1 or options.get("seed", 0) < 0:
+        raise DataError(f"{source}: {size} must be positive and seed not negative")
     if not 0.0 <= options.get("anomaly_rate", 0.0) <= 0.5:
         raise DataError(f"{source}: anomaly_rate must lie between 0 and 0.5")
     return options
@@ -258,6 +287,41 @@ def _report_skipped(rows: Arrays) -> None:
     )
 
 
+def read_table(source: str) -> Table:
+    """DATA as a table of named columns, for series (which need their key and time columns):
+    a generated table set, CSV, Parquet, or JSON Lines of flat records (one field per column)."""
+    if source.startswith("builtin:"):
+        name = source[len("builtin:") :].partition("?")[0]
+        if name not in _TABLE_OPTIONS:
+            raise DataError(f"{source} is not a table; series need builtin:machines or a table")
+        return builtin_table(source)
+    if source.startswith("kafka://") or Path(source).suffix.lower() in (".npy", ".npz"):
+        raise DataError(
+            f"{source}: windowed models read tables with a key column: CSV, Parquet, JSON Lines "
+            "of flat records, or builtin:machines"
+        )
+    if Path(source).suffix.lower() != ".jsonl":
+        table = _read_file(source, None, None)
+        assert isinstance(table, Table)
+        return table
+    _check_file(Path(source), source)
+    try:
+        frame = pd.read_json(source, lines=True, dtype=False)
+    except ValueError as exc:
+        raise DataError(f"{source}: cannot read it as JSON Lines of flat records: {exc}") from None
+    frame.columns = [str(c) for c in frame.columns]
+    return Table(frame, source, lambda i: f"record {i + 1}")
+
+
+def _check_file(path: Path, source: str) -> None:
+    if not path.exists():
+        raise DataError(f"data file not found: {source}")
+    if not path.is_file():
+        raise DataError(f"{source} is not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{source} is empty: it needs a header and data rows")
+
+
 def _read_file(source: str, label_column: str | None, model: FeatureSpec | None) -> Table | Arrays:
     path = Path(source)
     suffix = path.suffix.lower()
@@ -267,12 +331,7 @@ def _read_file(source: str, label_column: str | None, model: FeatureSpec | None)
         raise DataError(
             f"{source}: cannot read {what}; use {kinds}, kafka://HOST:PORT/TOPIC or builtin:NAME"
         )
-    if not path.exists():
-        raise DataError(f"data file not found: {source}")
-    if not path.is_file():
-        raise DataError(f"{source} is not a file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{source} is empty: it needs a header and data rows")
+    _check_file(path, source)
     if suffix == ".csv":
         return data_tables.read_csv(path, source)
     if suffix == ".jsonl":

@@ -35,6 +35,8 @@ class Table:
     frame: pd.DataFrame
     name: str  # the source, for messages
     where: Callable[[int], str]  # row position -> "data row 7" / "row 7"
+    # The features when none are asked for (None: every numeric column but label and id).
+    default_features: list[str] | None = None
 
 
 def read_csv(path: Path, source: str) -> Table:
@@ -118,6 +120,8 @@ def table_to_arrays(
                 "drop it from --features or pick another --label-column"
             )
         candidates = list(features)
+    elif table.default_features is not None:
+        candidates = list(table.default_features)
     else:
         candidates = [c for c in columns if c not in (label_col, id_col)]
 

@@ -68,7 +68,7 @@ IMAGE_DENOISE = 0.1
 class FitOptions:
     """Hyper-parameters; ``None`` means "choose from the data" (see `_choose_defaults`)."""
 
-    architecture: Literal["dense", "conv", "vae"] | None = None
+    architecture: Literal["dense", "conv", "vae", "lstm", "conv1d"] | None = None
     image_shape: tuple[int, ...] | None = None
     hidden: tuple[int, ...] | None = None
     latent: int | None = None

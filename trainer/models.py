@@ -24,12 +24,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from anomaly_contract.errors import ConfigError
+from trainer.models_sequence import (
+    SEQUENCE_ARCHITECTURES,
+    default_sequence_hidden,
+    sequence_parts,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-Architecture = Literal["dense", "conv", "vae"]
-ARCHITECTURES: tuple[str, ...] = ("dense", "conv", "vae")
+Architecture = Literal["dense", "conv", "vae", "lstm", "conv1d"]
+ARCHITECTURES: tuple[str, ...] = ("dense", "conv", "vae", "lstm", "conv1d")
 Loss = Literal["mse", "bce"]
 
 # Caps keep the default model small enough to train on a laptop CPU for 784-pixel inputs while
@@ -56,11 +61,16 @@ class ModelSpec:
     # L1 activity penalty on the code (the sparse autoencoder); None: off.
     sparsity: float | None = None
     kl_weight: float = DEFAULT_KL_WEIGHT  # the VAE's only
+    # Sequence models (lstm, conv1d): steps per window; n_features is then the channels.
+    window: int | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         if self.architecture in ("dense", "vae"):
             return (self.n_features,)
+        if self.architecture in SEQUENCE_ARCHITECTURES:
+            assert self.window is not None
+            return (self.window, self.n_features)
         assert self.image_shape is not None
         return _hwc(self.image_shape)
 
@@ -119,10 +129,17 @@ def make_spec(
     activation: str = "relu",
     sparsity: float | None = None,
     kl_weight: float | None = None,
+    window: int | None = None,
 ) -> ModelSpec:
-    """Fill in defaults that follow the data and check the options fit together."""
+    """Fill in defaults that follow the data and check the options fit together.
+
+    ``window`` makes lstm and conv1d sequence models of ``n_features`` channels; their latent
+    default follows the window's W * channels values, like a windowed dense model's."""
     if architecture is None:
         architecture = "dense"
+    sequence = architecture in SEQUENCE_ARCHITECTURES
+    if sequence and window is None:
+        raise ConfigError(f"--architecture {architecture} scores windows: pass --window W")
     if architecture not in ARCHITECTURES:
         raise ConfigError(
             f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture}"
@@ -150,15 +167,16 @@ def make_spec(
                 f"values but the data has {n_features} features"
             )
     if latent is None:
-        latent = default_latent(n_features)
+        latent = default_latent(n_features * window if sequence and window else n_features)
     if latent < 1:
         raise ConfigError(f"--latent must be at least 1, got {latent}")
     if hidden is None:
-        hidden = (
-            default_filters(image_shape)
-            if architecture == "conv" and image_shape
-            else default_hidden(n_features, latent)
-        )
+        if sequence:
+            hidden = default_sequence_hidden(architecture)
+        elif architecture == "conv" and image_shape:
+            hidden = default_filters(image_shape)
+        else:
+            hidden = default_hidden(n_features, latent)
     if any(h < 1 for h in hidden):
         raise ConfigError(f"--hidden sizes must be positive, got {','.join(map(str, hidden))}")
     if denoise is not None and not denoise >= 0:
@@ -177,6 +195,7 @@ def make_spec(
         activation=activation,
         sparsity=sparsity or None,
         kl_weight=DEFAULT_KL_WEIGHT if kl_weight is None else float(kl_weight),
+        window=window if sequence else None,
     )
 
 
@@ -186,6 +205,8 @@ def build_autoencoder(spec: ModelSpec) -> keras.Model:
 
     if spec.architecture in ("dense", "vae"):
         encoder, decoder = _dense_parts(spec)
+    elif spec.architecture in SEQUENCE_ARCHITECTURES:
+        encoder, decoder = sequence_parts(spec)
     else:
         encoder, decoder = _conv_parts(spec)
     inputs = keras.Input(shape=spec.input_shape, name="input")

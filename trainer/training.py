@@ -101,14 +101,20 @@ def reconstruction_errors(
     xs: np.ndarray,
     input_shape: Sequence[int],
     error: artifact.ScoreError,
+    *,
+    reduce: bool = True,
 ) -> np.ndarray:
-    """Mean reconstruction error per row in scaled space: the same formula as ``ModelBundle.score``."""
-    out = np.empty(xs.shape[0], dtype=np.float64)
+    """Mean reconstruction error per row in scaled space: the same formula as ``ModelBundle.score``.
+
+    ``reduce=False`` returns the per-value errors (rows, values) instead of their mean."""
+    width = xs.shape[1] if xs.ndim == 2 else 1
+    out = np.empty((xs.shape[0], width) if not reduce else xs.shape[0], dtype=np.float64)
     for start in range(0, xs.shape[0], artifact.SCORE_CHUNK_ROWS):
         chunk = xs[start : start + artifact.SCORE_CHUNK_ROWS]
         rec = np.asarray(model(chunk.reshape(-1, *input_shape), training=False))
         fe = artifact.feature_errors(chunk, rec.reshape(chunk.shape[0], -1), error)
-        out[start : start + chunk.shape[0]] = fe.mean(axis=1, dtype=np.float64)
+        stop = start + chunk.shape[0]
+        out[start:stop] = fe.mean(axis=1, dtype=np.float64) if reduce else fe
     return out
 
 

@@ -1,0 +1,283 @@
+"""Detection quality on keyed series (issue 12): windowed autoencoders against a point model,
+IsolationForest on flattened causal windows and a rolling z-score.
+
+Two families of generated series (`trainer.builtin_machines`): ``machines`` (periodic load,
+per-machine levels and rhythms) and ``machines-ar`` (mean-reverting pressure and flow with
+regime switches). Each key's first 70 % of ticks is the fit part, the last 30 % the test part;
+the test rows are scored with their causal windows, which reach back into the fit part as a live
+worker's would. The windowed models train as ``anomaly-trainer fit --window`` does (time split
+into train, validation and calibration inside the fit part, labelled windows left out, per-key
+normalisation and thresholds). IsolationForest and the rolling z-score get the same per-key
+normalisation, the same training windows and per-key thresholds by the same rule from the same
+calibration windows. The point model is `anomaly-trainer fit` without ``--window`` (one pooled
+threshold). PyOD is not installed here, so its AutoEncoder and LSTMAD are left out.
+
+Metrics on the test rows: ROC-AUC and PR-AUC of the score relative to its key's threshold; event
+recall (share of labelled ranges with a flagged row) and normal-row FPR at the default
+thresholds; and event recall at a normal-row FPR of 2 % (one cut on the relative score, chosen on
+the test normals: the same oracle for every method).
+
+    python benchmarks/quality_series.py                           # both families, 3 seeds
+    python benchmarks/quality_series.py --families machines --seeds 1 --architectures dense,lstm
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from sklearn.ensemble import IsolationForest  # noqa: E402
+from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
+
+from anomaly_contract.key_normaliser import KeyNormaliser  # noqa: E402
+from anomaly_contract.key_thresholds import fit_key_thresholds  # noqa: E402
+from anomaly_contract.model_dir import load_bundle  # noqa: E402
+from anomaly_contract.windows import index_windows  # noqa: E402
+from trainer.data_series import SeriesData, load_series  # noqa: E402
+from trainer.evaluate_series import labelled_ranges  # noqa: E402
+from trainer.fit import FitOptions, fit_model  # noqa: E402
+from trainer.fit_series import (  # noqa: E402
+    DEFAULT_SCORE_STEPS,
+    DEFAULT_WINDOW_ARCHITECTURE,
+    even_subsample,
+    fit_series_model,
+    split_series,
+)
+from trainer.publish import publish_model  # noqa: E402
+from trainer.training import reconstruction_errors  # noqa: E402
+
+FIT_SHARE = 0.7
+TARGET_FPR = 0.02
+
+
+@dataclass(frozen=True)
+class Run:
+    """One family and seed: the data, which rows fit and which test, and the options."""
+
+    data: SeriesData
+    fit: np.ndarray  # bool per row
+    window: int
+    seed: int
+    epochs: int
+    max_train_windows: int
+    score_steps: int
+
+    @property
+    def fit_data(self) -> SeriesData:
+        return _rows(self.data, self.fit)
+
+
+@dataclass(frozen=True)
+class Scores:
+    relative: np.ndarray  # score / its key's threshold, per row (NaN while warming)
+    seconds: float  # fit time
+
+
+def _rows(data: SeriesData, mask: np.ndarray) -> SeriesData:
+    return replace(
+        data,
+        x=data.x[mask],
+        keys=data.keys[mask],
+        times=None if data.times is None else data.times[mask],
+        labels=None if data.labels is None else data.labels[mask],
+        ids=None,
+    )
+
+
+def windowed(run: Run, architecture: str) -> Scores:
+    options = FitOptions(architecture=architecture, epochs=run.epochs, seed=run.seed)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    trained = fit_series_model(
+        run.fit_data,
+        run.window,
+        options,
+        quiet=True,
+        max_train_windows=run.max_train_windows,
+        score_steps=run.score_steps,
+    )
+    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as model_dir:
+        version = publish_model(trained, model_dir)
+        result = load_bundle(model_dir, version).series.score_rows(
+            run.data.x, run.data.keys, run.data.times
+        )
+    return Scores(result.scores / result.thresholds, seconds)
+
+
+def point_model(run: Run) -> Scores:
+    """The trainer's default point model on the fit part's rows, its own pooled threshold."""
+    fit = run.fit_data
+    options = FitOptions(epochs=run.epochs, seed=run.seed)
+    started = time.perf_counter()
+    trained = fit_model(fit.x, fit.channel_names, fit.labels, options, quiet=True)
+    seconds = time.perf_counter() - started
+    xs = trained.scaler.transform(run.data.x)
+    errors = reconstruction_errors(
+        trained.model, xs, trained.spec.input_shape, trained.manifest.error
+    )
+    return Scores(errors / trained.threshold, seconds)
+
+
+Scorer = Callable[[np.ndarray], np.ndarray]  # windows (n, W, C) -> scores (n,)
+
+
+def window_baseline(run: Run, fit_scorer: Callable[[np.ndarray], Scorer]) -> Scores:
+    """A detector on normalised causal windows, thresholded per key like the trainer.
+
+    ``fit_scorer(train_windows)`` returns the function scoring windows (n, W, C)."""
+    started = time.perf_counter()
+    fit = run.fit_data
+    parts = split_series(fit, run.window, FitOptions())
+    train_rows = np.unique(parts.index.rows[parts.train])
+    normaliser = KeyNormaliser.fit(fit.x[train_rows], fit.keys[train_rows])
+    fit_windows = normaliser.transform_rows(fit.x, fit.keys)[parts.index.rows]
+    trained_on = even_subsample(parts.train, run.max_train_windows)
+    fit_keys = parts.index.key_names[parts.index.window_keys].astype(str)
+    score = fit_scorer(fit_windows[trained_on])
+    calibration = score(fit_windows[parts.calibration])
+    thresholds = fit_key_thresholds(calibration, fit_keys[parts.calibration], 99.0)
+    index = index_windows(run.data.keys, run.data.x.shape[0], run.window, run.data.times)
+    windows = normaliser.transform_rows(run.data.x, run.data.keys)[index.rows]
+    window_scores = score(windows)
+    relative = np.full(run.data.x.shape[0], np.nan)
+    relative[index.end_rows] = thresholds.relative_scores(
+        window_scores, run.data.keys[index.end_rows]
+    )
+    return Scores(relative, time.perf_counter() - started)
+
+
+def isolation_forest(seed: int) -> Callable[[np.ndarray], Scorer]:
+    def fit(train: np.ndarray) -> Scorer:
+        forest = IsolationForest(n_estimators=200, random_state=seed)
+        forest.fit(train.reshape(train.shape[0], -1))
+        return lambda windows: -forest.score_samples(windows.reshape(windows.shape[0], -1))
+
+    return fit
+
+
+def rolling_z(_train: np.ndarray) -> Scorer:
+    """The newest row's largest |z| against the W-1 rows before it (of its key); no fitting."""
+
+    def score(windows: np.ndarray) -> np.ndarray:
+        before = windows[:, :-1, :]
+        spread = np.maximum(before.std(axis=1), 1e-6)
+        return (np.abs(windows[:, -1, :] - before.mean(axis=1)) / spread).max(axis=1)
+
+    return score
+
+
+def test_metrics(run: Run, scores: Scores) -> dict[str, float]:
+    data, test = run.data, ~run.fit
+    assert data.labels is not None
+    truth = data.labels != 0
+    relative = np.nan_to_num(scores.relative, nan=0.0)
+    normal = test & ~truth
+    cut = float(np.quantile(relative[normal], 1.0 - TARGET_FPR))
+    index = index_windows(data.keys, data.x.shape[0], run.window, data.times)
+    ranges = [r[test[r]] for r in labelled_ranges(data.labels, index)]
+    ranges = [r for r in ranges if r.size]
+
+    def recall(flags: np.ndarray) -> float:
+        return float(np.mean([flags[r].any() for r in ranges]))
+
+    return {
+        "roc_auc": float(roc_auc_score(truth[test], relative[test])),
+        "pr_auc": float(average_precision_score(truth[test], relative[test])),
+        "event_recall": recall(relative > 1.0),
+        "fpr": float(np.mean(relative[normal] > 1.0)),
+        "event_recall_at_2pct": recall(relative > cut),
+        "fit_seconds": scores.seconds,
+    }
+
+
+def family_runs(family: str, args: argparse.Namespace) -> list[Run]:
+    runs = []
+    for seed in range(args.seeds):
+        source = f"builtin:{family}?keys={args.keys}&length={args.length}&seed={seed}"
+        data = load_series(source, key_column="key", time_column="t")
+        assert data.times is not None
+        fit = data.times < FIT_SHARE * args.length
+        runs.append(
+            Run(
+                data,
+                fit,
+                args.window,
+                seed,
+                args.epochs,
+                args.max_train_windows,
+                args.score_steps,
+            )
+        )
+    return runs
+
+
+def methods(args: argparse.Namespace) -> dict[str, Callable[[Run], Scores]]:
+    table: dict[str, Callable[[Run], Scores]] = {}
+    for arch in args.architectures:
+        table[f"windowed {arch}"] = lambda run, arch=arch: windowed(run, arch)
+    if args.only_windowed:
+        return table
+    table["point model (dense)"] = point_model
+    table["IsolationForest on windows"] = lambda run: window_baseline(
+        run, isolation_forest(run.seed)
+    )
+    table["rolling z-score"] = lambda run: window_baseline(run, rolling_z)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", default="machines,machines-ar")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--keys", type=int, default=40)
+    ap.add_argument("--length", type=int, default=2000)
+    ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--max-train-windows", type=int, default=8000)
+    ap.add_argument("--score-steps", type=int, default=DEFAULT_SCORE_STEPS)
+    ap.add_argument("--only-windowed", action="store_true", help="leave the baselines out")
+    ap.add_argument(
+        "--architectures",
+        type=lambda s: [a.strip() for a in s.split(",") if a.strip()],
+        default=[DEFAULT_WINDOW_ARCHITECTURE],
+    )
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    day = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(
+        f"Series quality ({day}; W={args.window}, {args.keys} keys x {args.length} ticks, "
+        f"{args.seeds} seeds, mean ± sd; epochs <= {args.epochs}, score steps {args.score_steps}, "
+        f"<= {args.max_train_windows} training windows)\n"
+    )
+    for family in args.families.split(","):
+        runs = family_runs(family, args)
+        print(f"\n**builtin:{family}**\n")
+        print(
+            "| method | ROC-AUC | PR-AUC | event recall | normal FPR | event recall at FPR 2 % "
+            "| fit s |\n|---|---|---|---|---|---|---|"
+        )
+        for name, method in methods(args).items():
+            results = [test_metrics(run, method(run)) for run in runs]
+            cells = []
+            for metric in ("roc_auc", "pr_auc", "event_recall", "fpr", "event_recall_at_2pct"):
+                values = np.array([r[metric] for r in results])
+                cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
+            fit_s = np.mean([r["fit_seconds"] for r in results])
+            print(f"| {name} | {' | '.join(cells)} | {fit_s:.0f} |", flush=True)
+    print(f"\n(run took {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,355 @@
+"""Fitting a windowed model: one network for every series key, judged per key.
+
+Rows become causal windows of W rows per key (`anomaly_contract.windows`). Each key's rows are
+split in time, the first part trains, the next validates (early stopping), the last calibrates,
+and windows straddling a boundary are dropped, so no calibration window shares a row with a
+training window. A window holding a labelled row is neither trained nor calibrated on.
+
+Keys differ in level and spread, so every window is normalised with its key's channel means and
+standard deviations, fitted on the key's training rows (`KeyNormaliser`, stored with the model;
+a key the model never saw learns its own online at serving). Thresholds are per key: the
+``percentile`` of each key's own calibration errors, pooled for keys with too few
+(`KeyThresholds`). The score is the mean element error of the window, as `SeriesModel` computes it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from anomaly_contract import artifact
+from anomaly_contract.errors import ConfigError, DataError
+from anomaly_contract.key_normaliser import KeyNormaliser
+from anomaly_contract.key_thresholds import KeyThresholds, fit_key_thresholds
+from anomaly_contract.model_dir import utc_now
+from anomaly_contract.series import window_scores
+from anomaly_contract.windows import WindowIndex, index_windows, split_windows_in_time
+from trainer import calibration
+from trainer.data_series import SeriesData
+from trainer.fit import FitOptions, TrainedModel, default_batch_size
+from trainer.models import ModelSpec, make_spec
+from trainer.progress import track
+from trainer.training import epoch_progress, library_versions, reconstruction_errors, train_network
+
+WINDOW_ARCHITECTURES = ("lstm", "conv1d", "dense")
+# Chosen by measurement on builtin:machines (README, "Series per key"): quality first, then speed.
+DEFAULT_WINDOW_ARCHITECTURE = "dense"
+# Training windows overlap by W-1 rows, so neighbours teach little more than one of them; an
+# even subsample bounds an epoch's time on long series without losing any key or stretch.
+MAX_TRAIN_WINDOWS = 20_000
+# A window scores the errors of its last row only: averaging all W rows let one spike raise the
+# scores of the W-1 normal rows after it (measured in the README, "Series per key").
+DEFAULT_SCORE_STEPS = 1
+MIN_TRAIN_WINDOWS = 10
+MIN_VALIDATION_WINDOWS = 2
+MIN_CALIBRATION_WINDOWS = 5
+
+
+@dataclass(frozen=True)
+class WindowParts:
+    """Window numbers (into the `WindowIndex`) of each part, labelled windows left out."""
+
+    index: WindowIndex
+    train: np.ndarray
+    validation: np.ndarray
+    calibration: np.ndarray
+    labelled: np.ndarray  # windows holding a labelled row (held out for the metrics)
+
+
+def fit_series_model(
+    data: SeriesData,
+    window: int,
+    options: FitOptions | None = None,
+    *,
+    quiet: bool = False,
+    log: Callable[[str], None] | None = None,
+    max_train_windows: int = MAX_TRAIN_WINDOWS,
+    score_steps: int = DEFAULT_SCORE_STEPS,
+) -> TrainedModel:
+    """Train and calibrate a windowed autoencoder on ``data``; `DataError`/`ConfigError` before
+    any training when the data or options cannot work. At most ``max_train_windows`` training
+    windows, evenly spread, feed the gradient steps; a window's score averages the errors of
+    its last ``score_steps`` rows."""
+    opts = options or FitOptions()
+    say = (lambda _msg: None) if quiet else (log or (lambda msg: print(msg, file=sys.stderr)))
+    _check_options(window, opts)
+    if not 1 <= score_steps <= window:
+        raise ConfigError(f"--score-steps must lie between 1 and the window {window}")
+    parts = split_series(data, window, opts)
+    train_rows = np.unique(parts.index.rows[parts.train])
+    normaliser = KeyNormaliser.fit(data.x[train_rows], data.keys[train_rows])
+    normalised = normaliser.transform_rows(data.x, data.keys)
+    spec = series_spec(opts, window, data.x.shape[1])
+    error: artifact.ScoreError = opts.error or "mse"
+
+    def inputs(selection: np.ndarray) -> np.ndarray:
+        return normalised[parts.index.rows[selection]].reshape(selection.size, -1)
+
+    trained_on = even_subsample(parts.train, max_train_windows)
+    batch_size = opts.batch_size or default_batch_size(trained_on.size)
+    say(
+        f"training a windowed {spec.architecture} autoencoder (W={window} x "
+        f"{data.x.shape[1]} channels -> {spec.latent}) on {trained_on.size} windows of "
+        f"{len(parts.index.key_names)} keys, validating on {parts.validation.size}, calibrating "
+        f"on {parts.calibration.size}; {parts.labelled.size} windows with labelled rows left out"
+    )
+    started = time.perf_counter()
+    with track("training", opts.epochs, unit="epoch", quiet=quiet) as progress:
+        model, history = train_network(
+            spec,
+            inputs(trained_on),
+            inputs(parts.validation),
+            epochs=opts.epochs,
+            batch_size=batch_size,
+            learning_rate=opts.learning_rate,
+            patience=opts.patience,
+            callbacks=[epoch_progress(progress)],
+        )
+    seconds = time.perf_counter() - started
+    window_keys = parts.index.key_names[parts.index.window_keys].astype(str)
+
+    def errors_of(selection: np.ndarray) -> np.ndarray:
+        flat = reconstruction_errors(
+            model, inputs(selection), spec.input_shape, error, reduce=False
+        )
+        return window_scores(flat.reshape(selection.size, window, -1), score_steps)
+
+    cal_errors = errors_of(parts.calibration)
+    thresholds = fit_key_thresholds(cal_errors, window_keys[parts.calibration], opts.percentile)
+    heldout = np.concatenate([parts.validation, parts.calibration, parts.labelled])
+    heldout_errors = errors_of(heldout)
+    heldout_relative = thresholds.relative_scores(heldout_errors, window_keys[heldout])
+    heldout_labels = np.repeat(
+        np.array([0, 1], dtype=np.int64),
+        [parts.validation.size + parts.calibration.size, parts.labelled.size],
+    )
+    metrics = _metrics(history, heldout_relative, heldout_labels, cal_errors, seconds)
+    metrics["train_windows_used"] = float(trained_on.size)
+    val_loss = metrics["val_loss"]
+    say(f"trained {model.count_params():,} weights in {seconds:.1f}s; best val_loss {val_loss:.5f}")
+    manifest = series_manifest(
+        data,
+        (window, score_steps),
+        spec,
+        error,
+        opts,
+        parts,
+        normaliser,
+        thresholds,
+        cal_errors,
+        metrics,
+    )
+    channels = data.x.shape[1]
+    return TrainedModel(
+        model=model,
+        scaler=artifact.Scaler("standard", np.zeros(channels), np.ones(channels)),
+        manifest=manifest,
+        spec=spec,
+        history=history,
+        best_epoch=int(metrics["best_epoch"]),
+        heldout_x=data.x[parts.index.end_rows[heldout]],
+        heldout_labels=heldout_labels,
+        heldout_errors=heldout_relative,
+        calibration_errors=cal_errors,
+        train_seconds=seconds,
+        notes=manifest.notes,
+    )
+
+
+def _check_options(window: int, opts: FitOptions) -> None:
+    if window < 2:
+        raise ConfigError(
+            f"--window must be at least 2 (a window of 1 is a point model), got {window}"
+        )
+    if opts.architecture not in (None, *WINDOW_ARCHITECTURES):
+        raise ConfigError(
+            f"--architecture {opts.architecture} does not take windows: use "
+            f"{', '.join(WINDOW_ARCHITECTURES)} with --window"
+        )
+    if opts.loss != "mse" or opts.image_shape is not None:
+        raise ConfigError("windowed models train with --loss mse on tables (no --image-shape)")
+    if opts.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {opts.epochs}")
+    if not 0.0 < opts.percentile < 100.0:
+        raise ConfigError(f"--percentile must be between 0 and 100, got {opts.percentile}")
+    for name, share in (
+        ("--validation-split", opts.validation_split),
+        ("--calibration-split", opts.calibration_split),
+    ):
+        if not 0.0 < share < 0.5:
+            raise ConfigError(f"{name} must be between 0 and 0.5, got {share}")
+
+
+def split_series(data: SeriesData, window: int, opts: FitOptions) -> WindowParts:
+    """Index the windows, split them in time per key and set the labelled ones aside."""
+    bad = ~np.isfinite(data.x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"non-finite value in row {row}, channel {data.channel_names[col]!r}")
+    try:
+        index = index_windows(data.keys, data.n_rows, window, data.times)
+    except ValueError as exc:
+        raise DataError(f"{data.source}: {exc}") from None
+    split = split_windows_in_time(index, opts.validation_split, opts.calibration_split)
+    labelled_row = np.zeros(data.n_rows, dtype=bool) if data.labels is None else (data.labels != 0)
+    has_label = labelled_row[index.rows].any(axis=1)
+    parts = WindowParts(
+        index,
+        split.train[~has_label[split.train]],
+        split.validation[~has_label[split.validation]],
+        split.calibration[~has_label[split.calibration]],
+        np.flatnonzero(has_label & labelled_row[index.end_rows]),
+    )
+    _check_window_counts(data, window, parts, opts)
+    return parts
+
+
+def _check_window_counts(
+    data: SeriesData, window: int, parts: WindowParts, opts: FitOptions
+) -> None:
+    """Every key needs training windows (its statistics come from them); the parts need a few."""
+    index = parts.index
+    trained_keys = np.unique(index.window_keys[parts.train])
+    short = np.setdiff1d(np.arange(len(index.key_names)), trained_keys)
+    share = 1.0 - opts.validation_split - opts.calibration_split
+    if short.size:
+        key = index.key_names[short[0]]
+        needed = int(np.ceil(window / min(share, opts.validation_split, opts.calibration_split)))
+        raise DataError(
+            f"{data.source}: key {str(key)!r} has {int(index.key_rows[short[0]])} rows, too few "
+            f"for a training window of W={window} after the time split (give each key at least "
+            f"~{needed} rows, with few labelled ones, or a smaller --window)"
+        )
+    counts = (parts.train.size, parts.validation.size, parts.calibration.size)
+    minimum = (MIN_TRAIN_WINDOWS, MIN_VALIDATION_WINDOWS, MIN_CALIBRATION_WINDOWS)
+    if any(c < m for c, m in zip(counts, minimum, strict=True)):
+        raise DataError(
+            f"{data.source}: only {counts[0]} training, {counts[1]} validation and {counts[2]} "
+            f"calibration windows of W={window} (need {minimum[0]}, {minimum[1]} and "
+            f"{minimum[2]}): give more rows per key or a smaller --window"
+        )
+
+
+def series_spec(opts: FitOptions, window: int, channels: int) -> ModelSpec:
+    """lstm and conv1d take (W, channels); dense takes the flattened W * channels values."""
+    architecture = opts.architecture or DEFAULT_WINDOW_ARCHITECTURE
+    sequence = architecture != "dense"
+    return make_spec(
+        n_features=channels if sequence else window * channels,
+        architecture=architecture,  # type: ignore[arg-type]
+        hidden=opts.hidden,
+        latent=opts.latent,
+        denoise=opts.denoise,
+        seed=opts.seed,
+        activation=opts.activation or "tanh",
+        window=window if sequence else None,
+    )
+
+
+def even_subsample(selection: np.ndarray, limit: int) -> np.ndarray:
+    """At most ``limit`` entries of ``selection``, evenly spread (all of them when fewer)."""
+    if selection.size <= limit:
+        return selection
+    picks = np.linspace(0, selection.size - 1, limit).round().astype(np.int64)
+    return selection[np.unique(picks)]
+
+
+def _metrics(
+    history: dict[str, list[float]],
+    heldout_relative: np.ndarray,
+    heldout_labels: np.ndarray,
+    cal_errors: np.ndarray,
+    seconds: float,
+) -> dict[str, float]:
+    val_losses = history.get("val_loss", [])
+    best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else len(history["loss"])
+    metrics = {
+        "val_loss": float(min(val_losses)) if val_losses else float("nan"),
+        "train_loss": float(history["loss"][best_epoch - 1]),
+        "best_epoch": float(best_epoch),
+        "epochs_run": float(len(history["loss"])),
+        "calibration_error_mean": float(cal_errors.mean()),
+        "train_seconds": float(seconds),
+    }
+    if 0 < heldout_labels.sum() < heldout_labels.size:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        metrics["roc_auc"] = float(roc_auc_score(heldout_labels, heldout_relative))
+        metrics["pr_auc"] = float(average_precision_score(heldout_labels, heldout_relative))
+        metrics["heldout_recall"] = float(np.mean(heldout_relative[heldout_labels == 1] > 1.0))
+    return metrics
+
+
+def series_manifest(
+    data: SeriesData,
+    window_steps: tuple[int, int],
+    spec: ModelSpec,
+    error: artifact.ScoreError,
+    opts: FitOptions,
+    parts: WindowParts,
+    normaliser: KeyNormaliser,
+    thresholds: KeyThresholds,
+    cal_errors: np.ndarray,
+    metrics: dict[str, float],
+) -> artifact.Manifest:
+    """The unpublished manifest of a windowed model (``series`` set, pooled ``threshold``);
+    ``window_steps`` is (W, score steps)."""
+    window, score_steps = window_steps
+    _, stats = calibration.calibrate(cal_errors, opts.percentile)
+    own = len(thresholds.per_key)
+    notes = [
+        f"windows of {window} rows per key; {own} of {len(thresholds.windows)} calibrated keys "
+        f"have their own p{opts.percentile:g} threshold, the rest (and keys unseen in training) "
+        f"use the pooled {thresholds.pooled:.4g}",
+        f"keys unseen in training learn their normalisation from their first "
+        f"{normaliser.warmup_records} records and are not scored before",
+    ]
+    hyper = {
+        **{k: v for k, v in asdict(opts).items() if k != "image_shape"},
+        "architecture": spec.architecture,
+        "hidden": list(spec.hidden),
+        "latent": spec.latent,
+        "activation": spec.activation,
+        "window": window,
+        "error": error,
+    }
+    train_rows = np.unique(parts.index.rows[parts.train])
+    return artifact.Manifest(
+        version="unpublished",
+        created_at=utc_now(),
+        architecture=spec.architecture,
+        feature_names=list(data.channel_names),
+        input_shape=list(spec.input_shape),
+        latent_dim=spec.latent,
+        loss="mse",
+        error=error,
+        denoise=spec.denoise,
+        threshold=thresholds.pooled,
+        percentile=opts.percentile,
+        calibration=stats,
+        data_source=data.source,
+        data_fingerprint=calibration.fingerprint_arrays([data.x[train_rows]], data.channel_names),
+        rows=artifact.RowCounts(
+            total=data.n_rows,
+            train=int(parts.train.size),
+            validation=int(parts.validation.size),
+            calibration=int(parts.calibration.size),
+            excluded_labelled=int(parts.labelled.size),
+        ),
+        hyperparameters=hyper,
+        validation_metrics=metrics,
+        library_versions=library_versions(),
+        notes=notes,
+        series=artifact.SeriesParams(
+            window=window,
+            score_steps=score_steps,
+            key_column=data.key_column,
+            time_column=data.time_column,
+            normaliser=normaliser.to_json(),
+            thresholds=thresholds.to_json(),
+        ),
+    )
