@@ -6,8 +6,10 @@ Bad records (undecodable, or an unusable series key) are dead-lettered and never
 in the live path and in a restore alike (`replay_rows` decodes and keys re-read records as
 `push_batch` does live ones). Events add
 ``"key"`` and ``"window": {"first_offset", "last_offset"}`` to the point model's, and their
-``top_features`` name the channel, how many steps back its largest error sits (0: the record
-itself) and that error.
+``top_features`` name the channels that contribute most to the score (their mean element error
+over the window's scored last rows: the channels' errors average to the score, as a point
+model's features' do), each with how many steps back its largest element error in the whole
+window sits (0: the record itself).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class WindowScores(Protocol):
 
 class WindowScorer(Protocol):
     """A windowed model (`anomaly_contract.series.SeriesModel`)."""
+
+    @property
+    def score_steps(self) -> int:
+        """A window's score is the mean element error of its last ``score_steps`` rows."""
 
     def score_windows(self, windows: np.ndarray, keys: Sequence[str]) -> WindowScores: ...
 
@@ -102,17 +108,19 @@ def push_batch(
 
 
 def window_top_features(
-    element_errors: np.ndarray, names: Sequence[str], k: int
+    element_errors: np.ndarray, names: Sequence[str], k: int, score_steps: int
 ) -> list[list[dict[str, Any]]]:
-    """Per window ``(W, C)``: the ``k`` channels whose largest element error is largest, each
-    with how many steps back that error sits (0: the newest record) and the error."""
+    """Per window ``(W, C)``: the ``k`` channels with the largest mean error over the last
+    ``score_steps`` rows (what the score averages), largest first, each with that error and how
+    many steps back the channel's largest element error in the window sits (0: the newest
+    record)."""
     n, width, channels = element_errors.shape
     k = min(k, channels)
     if n == 0 or k <= 0:
         return [[] for _ in range(n)]
+    contribution = element_errors[:, -score_steps:, :].mean(axis=1)  # (n, C)
     peak_step = element_errors.argmax(axis=1)  # (n, C)
-    peak = np.take_along_axis(element_errors, peak_step[:, None, :], axis=1)[:, 0, :]
-    order = np.argsort(-peak, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
     out: list[list[dict[str, Any]]] = []
     for i in range(n):
         out.append(
@@ -120,7 +128,7 @@ def window_top_features(
                 {
                     "name": names[c],
                     "steps_back": int(width - 1 - peak_step[i, c]),
-                    "error": float(peak[i, c]),
+                    "error": float(contribution[i, c]),
                 }
                 for c in order[i].tolist()
             ]
@@ -203,7 +211,9 @@ def series_outputs(
         n_anomalies = int(anomalous.size)
         if n_anomalies:
             element_errors = np.asarray(scored.element_errors)[anomalous]
-            tops = window_top_features(element_errors, out.channel_names, out.top_k)
+            tops = window_top_features(
+                element_errors, out.channel_names, out.top_k, model.score_steps
+            )
             for i, top in zip(anomalous.tolist(), tops, strict=True):
                 j = pushed.rows[i]
                 r = records[decoded.valid_index[j]]

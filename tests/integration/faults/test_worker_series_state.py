@@ -99,7 +99,9 @@ def test_kill9_three_times_then_the_events_are_the_offline_anomalies(
             {
                 "sent": stream.sent,
                 "committed": sum(
-                    committed(kafka_bootstrap, topics.input, topics.group, topics.partitions).values()
+                    committed(
+                        kafka_bootstrap, topics.input, topics.group, topics.partitions
+                    ).values()
                 ),
             }
         )

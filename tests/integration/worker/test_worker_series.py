@@ -1,30 +1,47 @@
 """A windowed model in the worker on the real broker: keyed series streamed through it give, row
-by row, the scores of the offline path (relative difference under 1e-5), events carry the key
-and the window, warming records are counted and make no event, bad records are dead-lettered."""
+by row, the scores `anomaly-trainer score` gives for the same records (relative difference under
+1e-5), events carry the key and the window, warming records are counted and make no event, bad
+records are dead-lettered."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from kafka_helpers import consume_all
-from worker_harness import Stream, Topics, WorkerProcess, wait_all_committed
-from worker_series_models import (
-    CHANNELS,
-    keyed_series,
-    offline_in_log_order,
-    records,
-    series_flags,
-)
-
-from anomaly_contract.model_dir import load_bundle
+from worker_harness import REPO, Stream, Topics, WorkerProcess, wait_all_committed
+from worker_series_models import CHANNELS, keyed_series, records, series_flags
 
 pytestmark = [pytest.mark.integration]
 
 N = 3000
 KEYS = [f"m{i}" for i in range(8)] + ["new-a", "new-b"]  # two keys the model never saw
+
+
+def _trainer_scores(
+    lines: list[bytes], model_dir: Path, work: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`anomaly-trainer score` of these records: (scores, thresholds, warming), NaN warming."""
+    data, out = work / "stream.jsonl", work / "scores.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "score", str(data), "--model-dir", str(model_dir),
+         "--output", str(out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["row"] for r in rows] == list(range(len(lines)))
+    scores = np.array([np.nan if r["score"] is None else r["score"] for r in rows])
+    thresholds = np.array([np.nan if r["threshold"] is None else r["threshold"] for r in rows])
+    return scores, thresholds, np.isnan(scores)
 
 
 @pytest.mark.parametrize("key_from", ["kafka_key", "key_field"])
@@ -34,6 +51,7 @@ def test_keyed_series_through_the_worker_match_offline_scores_row_by_row(
     series_model_dir: Path,
     start_worker: Callable[..., WorkerProcess],
     key_from: str,
+    tmp_path: Path,
 ) -> None:
     x, keys = keyed_series(N, KEYS, seed=11, spike_rate=0.02)
     values = records(x, keys)
@@ -51,10 +69,12 @@ def test_keyed_series_through_the_worker_match_offline_scores_row_by_row(
     placed = stream.join()
     wait_all_committed(kafka_bootstrap, topics, [w])
 
-    valid = np.flatnonzero(~stream.poison)
-    sources = [placed[i] for i in valid.tolist()]
-    bundle = load_bundle(series_model_dir)
-    scores, thresholds, warming = offline_in_log_order(bundle, x[valid], keys[valid], sources)
+    # the same records, in the order the worker read each key's (its partition's order)
+    valid = [i for i in sorted(range(N), key=lambda i: placed[i]) if not stream.poison[i]]
+    sources = [placed[i] for i in valid]
+    scores, thresholds, warming = _trainer_scores(
+        [values[i] for i in valid], series_model_dir, tmp_path
+    )
     must, maybe = series_flags(scores, thresholds, sources)
     events = {
         (e["source"]["partition"], e["source"]["offset"]): e
@@ -66,7 +86,7 @@ def test_keyed_series_through_the_worker_match_offline_scores_row_by_row(
     for source, event in events.items():
         j = row_of[source]
         worst = max(worst, abs(event["score"] - scores[j]) / scores[j])
-        assert event["key"] == str(keys[valid][j])
+        assert event["key"] == str(keys[valid[j]])
         assert event["window"]["last_offset"] == source[1]
         assert event["window"]["first_offset"] < source[1]
         assert event["severity"] == pytest.approx(event["score"] / thresholds[j], rel=1e-9)
