@@ -26,7 +26,7 @@ from kafka_helpers import create_topic, unique_name
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
-OUTCOMES = ("normal", "anomaly", "invalid")
+OUTCOMES = ("normal", "anomaly", "invalid", "warming")  # warming: windowed models only
 POISON = b"{not json"
 # Fast reloads, lag refreshes and batches, so that tests see changes within a second.
 TEST_SETTINGS: dict[str, object] = {

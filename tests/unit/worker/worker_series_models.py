@@ -73,6 +73,7 @@ def publish_series_model(
         utc_now,
         write_version_files,
     )
+    from anomaly_contract.series import window_scores
     from anomaly_contract.windows import index_windows
     from trainer.calibration import calibrate
 
@@ -96,7 +97,8 @@ def publish_series_model(
     model.fit(flat, flat, epochs=epochs, batch_size=64, verbose=0)
     engine = DenseEngine.from_keras(model)
     assert engine is not None
-    errors = np.square(flat - engine.reconstruct(flat)).mean(axis=1)
+    element_errors = np.square(flat - engine.reconstruct(flat)).reshape(windows.shape)
+    errors = window_scores(element_errors, SeriesParams.model_fields["score_steps"].default)
     window_keys = np.asarray(key_list, dtype=object)[index.end_rows]
     thresholds = fit_key_thresholds(errors, window_keys, percentile, min_windows=20)
     pooled, stats = calibrate(errors, percentile)
