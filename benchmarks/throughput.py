@@ -161,6 +161,7 @@ def run_worker(
     """(b): the worker's rate from ready to the last of ``n`` records, its memory and start."""
     with running_worker(bootstrap, topics, model_dir, log, **settings) as (w, memory):
         t_ready = time.time()
+        phases_at_ready = phase_seconds(w.metrics())
         spy = start_profile(w.pid, profile) if profile else None
         try:
             w.wait_records(n, timeout_s=max(120.0, n / 500), poll_s=0.25)
@@ -170,6 +171,8 @@ def run_worker(
         # the end: the worker's own clock at its last batch, not this scrape's
         done = w.last_metrics[("anomaly_worker_last_batch_timestamp_seconds", ())]
         metrics = {name: v for (name, labels), v in w.last_metrics.items() if not labels}
+        phases = phase_seconds(w.last_metrics)
+    per_1000 = {p: 1000.0 * (phases[p] - phases_at_ready.get(p, 0.0)) / n * 1000.0 for p in phases}
     return {
         "rate": n / (done - t_ready),
         "ready_s": w.ready_after_s,
@@ -177,7 +180,17 @@ def run_worker(
         "peak_uss_mb": memory.uss_mb,
         "joined_empty": joined_empty(w),
         "metrics": metrics,
+        "phase_ms_per_1000": per_1000,
         "profile": summarize_profile(profile) if profile else [],
+    }
+
+
+def phase_seconds(m: Metrics) -> dict[str, float]:
+    """The worker's loop time per batch phase so far (`anomaly_worker_batch_phase_seconds`)."""
+    return {
+        dict(labels)["phase"]: v
+        for (name, labels), v in m.items()
+        if name == "anomaly_worker_batch_phase_seconds_total"
     }
 
 
@@ -340,6 +353,8 @@ def measure(
     for label, share in b["profile"]:
         print(f"  {share:5.1f}%  {label}", file=sys.stderr)
     print(f"(b) worker: {b['rate']:,.0f} records/s, ready {b['ready_s']:.2f}s", file=sys.stderr)
+    breakdown = ", ".join(f"{p} {ms:.2f}" for p, ms in b["phase_ms_per_1000"].items())
+    print(f"    loop ms per 1,000 records: {breakdown}", file=sys.stderr)
     c = predict_per_message(bootstrap, topic, model_dir, args.predict_sample)
     print(f"(c) predict per message: {c:,.1f} records/s", file=sys.stderr)
     lats = []
@@ -363,6 +378,7 @@ def measure(
         "joined_empty": b["joined_empty"] + sum(lat["joined_empty"] for lat in lats),
         "latency": lats,
         "worker_metrics": b["metrics"],
+        "phase_ms_per_1000": b["phase_ms_per_1000"],
         "profile": b["profile"],
     }
 

@@ -35,7 +35,7 @@ from worker.decode import DecodedBatch, FeatureSpec, decode_batch
 from worker.delivery import Delivery, WorkerStopped, make_delivery
 from worker.http import HealthState
 from worker.membership import GroupMembership, Held
-from worker.metrics import RecentWindow, WorkerMetrics, population_stability_index
+from worker.metrics import PhaseClock, RecentWindow, WorkerMetrics, population_stability_index
 from worker.outputs import BatchOutputs, batch_outputs, iso_utc
 from worker.reachability import PROBE_INTERVAL_S, PROBE_TIMEOUT_MS
 from worker.reload import ModelWatcher
@@ -83,6 +83,7 @@ class Worker:
         self.membership = GroupMembership(settings, metrics, health, self._stop)
         self.membership.forget = self._forget
         self.window = RecentWindow(settings.stats_window_s)
+        self.phases = PhaseClock(metrics.batch_phase_seconds)
         self._bundle: ModelBundle | None = None
         self._spec: FeatureSpec | None = None
         self._calibration_counts: np.ndarray | None = None
@@ -145,7 +146,9 @@ class Worker:
         commit the last one when none came), then the periodic checks."""
         self.health.beat()
         self._maybe_swap()
+        self.phases.start()
         held = self._collect()
+        self.phases.mark("poll")
         if held:
             self._process(held)
         else:
@@ -332,12 +335,15 @@ class Worker:
         assert bundle is not None and spec is not None
         records = [r for recs in held.values() for r in recs]
         decoded = decode_batch([r.value for r in records], spec)
+        self.phases.mark("decode")
         if self.series is not None:
             outputs = self._series_outputs(held, records, decoded)
             if outputs is None:
                 return
+            self.phases.mark("score")  # restore (when due), push, score and events in one
         else:
             scored = score_batch(bundle, decoded.x) if decoded.x.shape[0] else None
+            self.phases.mark("score")
             outputs = batch_outputs(
                 records,
                 decoded,
@@ -349,6 +355,7 @@ class Worker:
                 dlq_topic=self.s.dlq_topic,
                 detected_at=iso_utc(time.time()),
             )
+        self.phases.mark("outputs")
         # a partition lost outside poll (expired membership) must not be emitted for any more:
         # rare, so simply redo the batch without it
         revoked = self.membership.tracker.take()
@@ -363,10 +370,13 @@ class Worker:
             return
         offsets: Offsets = {tp: recs[-1].offset + 1 for tp, recs in held.items()}
         assert self.delivery is not None
-        if not self.delivery.deliver(outputs.records, offsets):
+        delivered = self.delivery.deliver(outputs.records, offsets)
+        self.phases.mark("deliver")
+        if not delivered:
             self._rewind(held)  # aborted: read the batch again
             return
         self._account(records, outputs, t0)
+        self.phases.mark("account")
         self._positions.update(offsets)
 
     def _series_outputs(

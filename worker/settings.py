@@ -65,6 +65,13 @@ class WorkerSettings(KafkaSecurity):
         " and before partitions move in a rebalance. false = each batch waits for its"
         " acknowledgements and a synchronous commit (slower)",
     )
+    commit_interval_ms: int = Field(
+        250,
+        ge=0,
+        le=60_000,
+        description="at_least_once, pipelined: at most one offset commit per interval (0 = after"
+        " every batch); a kill -9 re-reads at most this much more of the stream",
+    )
     transaction_timeout_ms: int = Field(30000, ge=1000)
     session_timeout_ms: int = Field(10000, ge=1000)
     max_poll_interval_ms: int = Field(300000, ge=1000)

@@ -86,6 +86,26 @@ def test_one_commit_request_at_a_time_and_the_next_carries_everything_due() -> N
     assert consumer.async_commits[-1] == {**offsets(TP0, 2), **offsets(TP1, 7)}
 
 
+def test_commits_are_spaced_by_the_interval_and_carry_everything_due() -> None:
+    producer, consumer = FakeProducer(), FakeConsumer("in", n_partitions=2)
+    consumer.assigned = {TP0, TP1}
+    now = [100.0]
+    delivery = AtLeastOnceDelivery(
+        producer, consumer, WorkerMetrics(CollectorRegistry()), HealthState(30.0),
+        should_stop=lambda: False, commit_interval_s=0.25, clock=lambda: now[0],
+    )  # fmt: skip
+    delivery.deliver([], offsets(TP0, 1))
+    assert consumer.async_commits == [offsets(TP0, 1)]
+    now[0] += 0.1
+    delivery.deliver([], offsets(TP1, 4))
+    delivery.deliver([], offsets(TP0, 2))
+    assert len(consumer.async_commits) == 1  # within the interval: nothing more sent yet
+    now[0] += 0.2
+    delivery.tick()  # an idle turn after the interval sends what became due meanwhile
+    assert consumer.async_commits[-1] == {**offsets(TP0, 2), **offsets(TP1, 4)}
+    assert len(consumer.async_commits) == 2
+
+
 def test_revocation_waits_for_the_batches_in_flight_and_awaits_their_commit() -> None:
     delivery, producer, consumer = make()
     consumer.on_io_sleep = lambda n: producer.ack_all() if n >= 3 else None

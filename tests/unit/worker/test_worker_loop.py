@@ -15,6 +15,7 @@ from worker_runs import TOPIC, Run
 
 from worker.client import Partition
 from worker.loop import EXIT_OK
+from worker.metrics import BATCH_PHASES
 from worker.outputs import H_ERROR_CLASS
 from worker.reachability import PROBE_INTERVAL_S
 
@@ -50,6 +51,24 @@ def test_a_batch_cycle_emits_events_and_dead_letters_then_commits_everything(
     assert run.count("invalid") == 1
     assert consumer.committed_offsets == {Partition(TOPIC, 0): 41, Partition(TOPIC, 1): 31}
     assert consumer.closed and run.producer.closed
+
+
+def test_the_phase_counters_split_the_loop_time_of_every_batch(model_dir: Path) -> None:
+    consumer = FakeConsumer(TOPIC, n_partitions=1)
+    consumer.produce(0, records(60, seed=3))
+    run = Run(model_dir, consumer, batch_max_records=20)
+    started = time.perf_counter()
+    assert run.run() == EXIT_OK
+    elapsed = time.perf_counter() - started
+    phases = {
+        phase: run.registry.get_sample_value(
+            "anomaly_worker_batch_phase_seconds_total", {"phase": phase}
+        )
+        for phase in BATCH_PHASES
+    }
+    # every phase ran (3 batches of 20) and none took time the run did not have
+    assert all(v is not None and v > 0 for v in phases.values()), phases
+    assert sum(phases.values()) <= elapsed  # type: ignore[arg-type]
 
 
 def test_an_aborted_transaction_is_read_again_and_counted_once(model_dir: Path) -> None:
