@@ -5,7 +5,8 @@ One local broker, one 3-partition topic of keyed records (1,000 keys, 3 channels
 (`tests/worker_harness`) with its default settings, once with a windowed dense model (W = 32,
 on the NumPy engine) and once with a point dense model of the same 3 features, each from
 partitions assigned (``/readyz``) to every record counted in ``/metrics``. Both models are
-trained here a few epochs (quality is not measured: only speed).
+trained here by ``anomaly-trainer fit`` with its defaults (``--window 32 --key-column key`` for
+the windowed one) on the same CSV, a few epochs (speed is measured, not quality).
 
     python benchmarks/series_throughput.py                     # 200,000 records
     python benchmarks/series_throughput.py --records 20000 --json out.json
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,8 +35,7 @@ import numpy as np  # noqa: E402
 from kafka import KafkaProducer  # noqa: E402
 from kafka_helpers import LocalKafka  # noqa: E402
 from worker_harness import Topics, WorkerProcess, make_topics, worker_env  # noqa: E402
-from worker_models import publish, train_model  # noqa: E402
-from worker_series_models import CHANNELS, keyed_series, publish_series_model  # noqa: E402
+from worker_series_models import CHANNELS, keyed_series  # noqa: E402
 
 PARTITIONS = 3
 
@@ -53,11 +54,26 @@ def produce(bootstrap: str, topic: str, x: np.ndarray, keys: np.ndarray) -> floa
     return len(x) / (time.monotonic() - t0)
 
 
+def fit(csv: Path, model_dir: Path, epochs: int, *extra: str) -> None:
+    """``anomaly-trainer fit CSV --model-dir DIR`` with this repository's code."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "trainer", "fit", str(csv), "--model-dir", str(model_dir),
+           "--epochs", str(epochs), "--quiet", *extra]  # fmt: skip
+    subprocess.run(cmd, env=env, check=True, timeout=1800)
+
+
+def write_csv(path: Path, x: np.ndarray, keys: np.ndarray) -> None:
+    lines = ["key," + ",".join(CHANNELS)]
+    lines += [f"{k}," + ",".join(f"{v:.4f}" for v in row) for k, row in zip(keys, x, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def run_worker(
-    bootstrap: str, topics: Topics, model_dir: Path, n: int, work: Path, name: str
+    bootstrap: str, topics: Topics, model_dir: Path, n: int, work: Path, name: str, blas: int
 ) -> dict[str, float]:
-    """One worker from ready to ``n`` records counted: records/s and the outcomes."""
-    env = worker_env(bootstrap, topics, model_dir, base={})
+    """One worker (``ANOMALY_BLAS_THREADS=blas``) from ready to ``n`` records counted:
+    records/s and the outcomes."""
+    env = worker_env(bootstrap, topics, model_dir, base={}, BLAS_THREADS=blas)
     w = WorkerProcess(work / f"worker-{name}.log", env)
     try:
         w.wait_ready(timeout_s=120)
@@ -78,6 +94,10 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument(
+        "--blas-threads", default="1,0", help="ANOMALY_BLAS_THREADS values to run (0: default)"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-series-"))
@@ -85,20 +105,28 @@ def main() -> int:
     broker = LocalKafka()
     broker.start()
     try:
-        train_x, train_keys = keyed_series(40 * args.keys, keys, seed=0, spike_rate=0.0)
+        # the trainer splits each key in time and wants ~7 windows of rows per key
+        train_x, train_keys = keyed_series(
+            8 * args.window * args.keys, keys, seed=0, spike_rate=0.0
+        )
         series_dir, point_dir = work / "series-models", work / "point-models"
-        publish_series_model(series_dir, train_x, train_keys, window=args.window, epochs=2)
-        publish(point_dir, train_model(n_features=3, seed=0, epochs=2, names=list(CHANNELS)))
+        write_csv(work / "train.csv", train_x, train_keys)
+        fit(work / "train.csv", series_dir, args.epochs, "--window", str(args.window),
+            "--key-column", "key")  # fmt: skip
+        fit(work / "train.csv", point_dir, args.epochs)
         x, stream_keys = keyed_series(args.records, keys, seed=1, spike_rate=0.01)
         results: dict[str, object] = {}
         for name, model_dir in (("windowed", series_dir), ("point", point_dir)):
             topics = make_topics(broker.bootstrap, f"series-{name}", PARTITIONS)
             rate = produce(broker.bootstrap, topics.input, x, stream_keys)
             print(f"{name}: produced {args.records} at {rate:,.0f}/s", file=sys.stderr)
-            results[name] = run_worker(
-                broker.bootstrap, topics, model_dir, args.records, work, name
-            )
-            print(f"{name}: {results[name]}", file=sys.stderr)
+            for blas in (int(b) for b in args.blas_threads.split(",")):
+                topics.group = f"{topics.group}-b{blas}"  # each run reads the topic from the start
+                run = f"{name}, blas_threads={blas}"
+                results[run] = run_worker(
+                    broker.bootstrap, topics, model_dir, args.records, work, run, blas
+                )
+                print(f"{run}: {results[run]}", file=sys.stderr)
     finally:
         broker.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -124,6 +124,13 @@ class WorkerSettings(KafkaSecurity):
     batch_max_records: int = Field(1000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(100, ge=0, le=60_000)
 
+    blas_threads: int = Field(
+        1,
+        ge=0,
+        description="threads of the BLAS behind NumPy scoring (0: the library's default; batches"
+        " are too small to gain from more, and spare threads contend for the CPUs)",
+    )
+
     # --- validation ----------------------------------------------------------------------------
     max_record_bytes: int = Field(1024 * 1024, ge=16, description="larger values go to the DLQ")
     max_abs_value: float = Field(
