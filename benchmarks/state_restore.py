@@ -34,17 +34,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # kafka_helpers: shared with the tests
+sys.path.insert(0, str(REPO / "tests" / "unit" / "worker"))  # the tests' windowed manifest
 
 import numpy as np  # noqa: E402
 from kafka import KafkaProducer  # noqa: E402
 from kafka_helpers import LocalKafka, create_topic, unique_name  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
+from worker_series_models import series_manifest  # noqa: E402
 
-from anomaly_contract.artifact import Manifest, ModelBundle, RowCounts, Scaler, SeriesParams  # noqa: E402
+from anomaly_contract.artifact import ModelBundle, Scaler  # noqa: E402
 from anomaly_contract.engines import DenseEngine  # noqa: E402
 from anomaly_contract.key_normaliser import KeyNormaliser  # noqa: E402
 from anomaly_contract.key_thresholds import KeyThresholds  # noqa: E402
-from anomaly_contract.model_dir import utc_now  # noqa: E402
 from anomaly_contract.series import SeriesModel, SeriesState  # noqa: E402
 from worker.client import Partition  # noqa: E402
 from worker.decode import FeatureSpec  # noqa: E402
@@ -72,31 +73,19 @@ def windowed_bundle(keys: list[str], window: int) -> ModelBundle:
     ones, zeros = np.ones(c), np.zeros(c)
     normaliser = KeyNormaliser({k: zeros for k in keys}, {k: ones for k in keys}, zeros, ones)
     thresholds = KeyThresholds(percentile=99.0, min_windows=20, pooled=1.0)
-    from trainer.calibration import calibrate
-
-    pooled, stats = calibrate(np.linspace(0.1, 2.0, 100), 99.0)
-    manifest = Manifest(
+    manifest = series_manifest(
         version="v1",
-        created_at=utc_now(),
-        architecture="dense",
-        feature_names=list(CHANNELS),
-        input_shape=[size],
-        latent_dim=8,
-        loss="mse",
-        threshold=pooled,
+        window=window,
+        latent=8,
+        normaliser=normaliser,
+        thresholds=thresholds,
+        calibration_errors=np.linspace(0.1, 2.0, 100),
         percentile=99.0,
-        calibration=stats,
-        data_source="synthetic:state-restore-benchmark",
-        data_fingerprint="sha256:none",
-        rows=RowCounts(total=0, train=0, validation=0, calibration=0),
-        hyperparameters={},
-        validation_metrics={},
-        library_versions={},
-        series=SeriesParams(
-            window=window, normaliser=normaliser.to_json(), thresholds=thresholds.to_json()
-        ),
+        rows=0,
+        source="synthetic:state-restore-benchmark",
     )
-    return ModelBundle(manifest, Scaler("standard", zeros, ones), Path("."), engine=engine)
+    identity = Scaler("standard", zeros, ones)
+    return ModelBundle(manifest, identity, Path("."), engine=engine)  # type: ignore[arg-type]
 
 
 def produce_round_robin(bootstrap: str, topic: str, keys: list[str], rounds: int) -> float:

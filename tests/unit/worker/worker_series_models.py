@@ -48,6 +48,52 @@ def records(x: np.ndarray, keys: np.ndarray, first_id: int = 0) -> list[bytes]:
     ]
 
 
+def series_manifest(
+    *,
+    version: str,
+    window: int,
+    latent: int,
+    normaliser: object,
+    thresholds: object,
+    calibration_errors: np.ndarray,
+    percentile: float,
+    rows: int,
+    source: str,
+) -> object:
+    """The manifest of a windowed dense model of `CHANNELS` (``normaliser``: a KeyNormaliser,
+    ``thresholds``: KeyThresholds; the pooled threshold and calibration statistics come from
+    ``calibration_errors``)."""
+    from anomaly_contract.artifact import Manifest, RowCounts, SeriesParams
+    from anomaly_contract.model_dir import utc_now
+    from trainer.calibration import calibrate
+
+    pooled, stats = calibrate(calibration_errors, percentile)
+    return Manifest(
+        version=version,
+        created_at=utc_now(),
+        architecture="dense",
+        feature_names=list(CHANNELS),
+        input_shape=[window * len(CHANNELS)],
+        latent_dim=latent,
+        loss="mse",
+        threshold=pooled,
+        percentile=percentile,
+        calibration=stats,
+        data_source=source,
+        data_fingerprint="sha256:test",
+        rows=RowCounts(total=rows, train=rows, validation=0, calibration=rows),
+        hyperparameters={"window": window},
+        validation_metrics={},
+        library_versions={},
+        series=SeriesParams(
+            window=window,
+            key_column="key",
+            normaliser=normaliser.to_json(),  # type: ignore[attr-defined]
+            thresholds=thresholds.to_json(),  # type: ignore[attr-defined]
+        ),
+    )
+
+
 def publish_series_model(
     model_dir: Path,
     x: np.ndarray,
@@ -62,7 +108,7 @@ def publish_series_model(
     threshold per key on the same windows' errors, publish it; returns the version name."""
     import keras
 
-    from anomaly_contract.artifact import Manifest, RowCounts, Scaler, SeriesParams
+    from anomaly_contract.artifact import Scaler, SeriesParams
     from anomaly_contract.engines import DenseEngine
     from anomaly_contract.key_normaliser import KeyNormaliser
     from anomaly_contract.key_thresholds import fit_key_thresholds
@@ -70,12 +116,10 @@ def publish_series_model(
         next_version_name,
         publish_staged,
         staging_dir,
-        utc_now,
         write_version_files,
     )
     from anomaly_contract.series import window_scores
     from anomaly_contract.windows import index_windows
-    from trainer.calibration import calibrate
 
     keras.utils.set_random_seed(seed)
     key_list = [str(k) for k in keys]
@@ -101,35 +145,20 @@ def publish_series_model(
     errors = window_scores(element_errors, SeriesParams.model_fields["score_steps"].default)
     window_keys = np.asarray(key_list, dtype=object)[index.end_rows]
     thresholds = fit_key_thresholds(errors, window_keys, percentile, min_windows=20)
-    pooled, stats = calibrate(errors, percentile)
     with staging_dir(model_dir) as staging:
-        version = next_version_name(model_dir)
-        manifest = Manifest(
-            version=version,
-            created_at=utc_now(),
-            architecture="dense",
-            feature_names=list(CHANNELS),
-            input_shape=[size],
-            latent_dim=4,
-            loss="mse",
-            threshold=pooled,
+        manifest = series_manifest(
+            version=next_version_name(model_dir),
+            window=window,
+            latent=4,
+            normaliser=normaliser,
+            thresholds=thresholds,
+            calibration_errors=errors,
             percentile=percentile,
-            calibration=stats,
-            data_source="synthetic:worker-series-tests",
-            data_fingerprint="sha256:test",
-            rows=RowCounts(total=len(x), train=len(x), validation=0, calibration=len(x)),
-            hyperparameters={"epochs": epochs, "window": window},
-            validation_metrics={},
-            library_versions={},
-            series=SeriesParams(
-                window=window,
-                key_column="key",
-                normaliser=normaliser.to_json(),
-                thresholds=thresholds.to_json(),
-            ),
+            rows=len(x),
+            source="synthetic:worker-series-tests",
         )
         identity = Scaler("standard", np.zeros(x.shape[1]), np.ones(x.shape[1]))
-        write_version_files(staging, model, identity, manifest)
+        write_version_files(staging, model, identity, manifest)  # type: ignore[arg-type]
         return publish_staged(model_dir, staging)
 
 
