@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faults_support import account
+from kafka import KafkaConsumer, TopicPartition
 from kafka_helpers import unique_name
 from worker_harness import Stream, WorkerFactory, WorkerProcess, committed, wait_all_committed
 from worker_series_models import keyed_series, offline_in_log_order, records, series_flags
 
 from anomaly_contract.model_dir import load_bundle
+from worker.state import ReplayPlan
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,6 +44,16 @@ def _series_stream(kafka_bootstrap: str, topic: str, seed: int, pause_s: float) 
     )
     stream.series_keys = keys  # type: ignore[attr-defined]
     return stream
+
+
+def _committed_plans(bootstrap: str, topic: str, group: str, partitions: int) -> dict:
+    """Each partition's committed offset and the replay plan its metadata carries."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        found = {p: consumer.committed(TopicPartition(topic, p), metadata=True) for p in range(partitions)}  # fmt: skip
+    finally:
+        consumer.close()
+    return {p: (c.offset, ReplayPlan.from_metadata(c.metadata)) for p, c in found.items() if c}
 
 
 def _check_against_offline(
@@ -124,6 +136,10 @@ def test_kill9_three_times_then_the_events_are_the_offline_anomalies(
     print(json.dumps(report))
     assert report["restores"] >= 1 and report["restore_records"] > 0, report
     assert report["keys_cut"] == 0, report
+    # the plans travelled with the commits (exactly once: through the transactions)
+    plans = _committed_plans(kafka_bootstrap, topics.input, topics.group, topics.partitions)
+    assert len(plans) == topics.partitions, plans
+    assert all(plan is not None and 0 <= plan.start < offset for offset, plan in plans.values())
     if delivery == "exactly_once":
         assert report["duplicate_events"] == 0, report
     code, _ = w.terminate()
