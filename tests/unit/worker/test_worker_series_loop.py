@@ -157,3 +157,31 @@ def test_a_restore_the_broker_cannot_serve_is_retried_and_nothing_is_lost(
     assert set(_events(run)) == {stream.where[i] for i in np.flatnonzero(offline.is_anomaly)}
     n = run.count("normal") + run.count("anomaly") + run.count("warming")
     assert n == len(x)
+
+
+def test_a_new_model_version_scores_with_windows_rebuilt_for_it(series_dir: Path) -> None:
+    consumer = FakeConsumer(TOPIC, n_partitions=2)
+    x, keys = keyed_series(1200, [*TRAINED, "new1"], seed=9, spike_rate=0.03)
+    stream = Stream.produce(consumer, x, keys)
+    trained_x, trained_keys = keyed_series(3000, TRAINED, seed=1, spike_rate=0.0)
+
+    def publish_v2_on_the_sixth_poll(c: FakeConsumer, n: int) -> None:
+        if n == 6:
+            publish_series_model(series_dir, trained_x, trained_keys, window=WINDOW, seed=1)
+
+    consumer.on_poll = publish_v2_on_the_sixth_poll
+    run = Run(series_dir, consumer, model_poll_s=0.05, batch_max_records=50)
+    assert run.run() == EXIT_OK
+    events = _events(run)
+    versions = {e["model_version"] for e in events.values()}
+    assert versions == {"v1", "v2"}, versions
+    # every event has the score its version gives offline: v2 scored full, exact windows
+    offline = {v: load_bundle(series_dir, v).series.score_rows(x, keys) for v in versions}
+    row_of = {w: i for i, w in enumerate(stream.where)}
+    for where, event in events.items():
+        expected = offline[event["model_version"]].scores[row_of[where]]
+        assert abs(event["score"] - expected) <= 1e-9 * expected, (where, event)
+    scored = run.count("normal") + run.count("anomaly") + run.count("warming")
+    assert scored == len(x)
+    # each partition restored once on its first batch, and those held at the swap once again
+    assert run.registry.get_sample_value("anomaly_worker_state_restores_total") >= 3

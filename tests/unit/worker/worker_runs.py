@@ -22,14 +22,20 @@ TOPIC = "in"
 class Run:
     """A worker on fakes, stopped once the consumer has handed out everything and idled."""
 
-    def __init__(self, model_dir: Path, consumer: FakeConsumer, **settings: object) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        consumer: FakeConsumer,
+        model_poll_s: float = 60.0,
+        **settings: object,
+    ) -> None:
         self.consumer = consumer
         self.producer = FakeProducer()
         self.registry = CollectorRegistry()
         metrics = WorkerMetrics(self.registry)
         self.replay_reader = FakeReplayReader(consumer)
         s = WorkerSettings(**{"input_topic": TOPIC, "model_dir": model_dir, "batch_max_wait_ms": 20, **settings})  # type: ignore[arg-type]  # fmt: skip
-        watcher = ModelWatcher(model_dir, 60.0, metrics)
+        watcher = ModelWatcher(model_dir, model_poll_s, metrics)
         self.worker = Worker(
             s,
             metrics,
