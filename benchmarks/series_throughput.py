@@ -2,11 +2,12 @@
 
 One local broker, one 3-partition topic of keyed records (1,000 keys, 3 channels, listed as a
 ``features`` array, the Kafka key the series key). ``anomaly-worker`` runs as a subprocess
-(`tests/worker_harness`) with its default settings, once with a windowed dense model (W = 32,
-on the NumPy engine) and once with a point dense model of the same 3 features, each from
-partitions assigned (``/readyz``) to every record counted in ``/metrics``. Both models are
-trained here by ``anomaly-trainer fit`` with its defaults (``--window 32 --key-column key`` for
-the windowed one) on the same CSV, a few epochs (speed is measured, not quality).
+(`tests/worker_harness`) with its default settings, with a windowed model of the default
+architecture, a windowed dense one (NumPy engine) and a point dense model of the same 3
+features, each from partitions assigned (``/readyz``) to every record counted in ``/metrics``.
+The models are trained here by ``anomaly-trainer fit`` with its defaults (``--window 32
+--key-column key`` for the windowed ones) on the same CSV, a few epochs (speed is measured, not
+quality).
 
     python benchmarks/series_throughput.py                     # 200,000 records
     python benchmarks/series_throughput.py --records 20000 --json out.json
@@ -96,7 +97,7 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument(
-        "--blas-threads", default="1,0", help="ANOMALY_BLAS_THREADS values to run (0: default)"
+        "--blas-threads", default="1", help="ANOMALY_BLAS_THREADS values to run, e.g. 1,0"
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -109,15 +110,20 @@ def main() -> int:
         train_x, train_keys = keyed_series(
             8 * args.window * args.keys, keys, seed=0, spike_rate=0.0
         )
-        series_dir, point_dir = work / "series-models", work / "point-models"
         write_csv(work / "train.csv", train_x, train_keys)
-        fit(work / "train.csv", series_dir, args.epochs, "--window", str(args.window),
-            "--key-column", "key")  # fmt: skip
-        fit(work / "train.csv", point_dir, args.epochs)
+        windowed = ["--window", str(args.window), "--key-column", "key"]
+        models = {
+            "windowed, default architecture": windowed,
+            "windowed dense": [*windowed, "--architecture", "dense"],
+            "point": [],
+        }
+        for i, flags in enumerate(models.values()):
+            fit(work / "train.csv", work / f"models-{i}", args.epochs, *flags)
         x, stream_keys = keyed_series(args.records, keys, seed=1, spike_rate=0.01)
         results: dict[str, object] = {}
-        for name, model_dir in (("windowed", series_dir), ("point", point_dir)):
-            topics = make_topics(broker.bootstrap, f"series-{name}", PARTITIONS)
+        for i, name in enumerate(models):
+            model_dir = work / f"models-{i}"
+            topics = make_topics(broker.bootstrap, f"series-{i}", PARTITIONS)
             rate = produce(broker.bootstrap, topics.input, x, stream_keys)
             print(f"{name}: produced {args.records} at {rate:,.0f}/s", file=sys.stderr)
             for blas in (int(b) for b in args.blas_threads.split(",")):
