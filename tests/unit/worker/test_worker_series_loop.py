@@ -168,6 +168,9 @@ def test_a_new_model_version_scores_with_windows_rebuilt_for_it(series_dir: Path
     def publish_v2_on_the_sixth_poll(c: FakeConsumer, n: int) -> None:
         if n == 6:
             publish_series_model(series_dir, trained_x, trained_keys, window=WINDOW, seed=1)
+            # load it now (the watcher thread's next look could come after the stream's end on
+            # a busy machine): the loop swaps it in before its next batch
+            run.worker.watcher.check_once()
 
     consumer.on_poll = publish_v2_on_the_sixth_poll
     run = Run(series_dir, consumer, model_poll_s=0.05, batch_max_records=50)
