@@ -26,6 +26,7 @@ tracker continues exactly like one that was never interrupted.
 
 from __future__ import annotations
 
+import heapq
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -123,7 +124,7 @@ class _Run:
 class IncidentBatch:
     """What one batch gives: incident records in order, and the incident id of each input record.
 
-    ``incident_ids[i]`` is the id of the open incident record ``i`` belongs to, or None (normal
+    ``incident_ids[i]`` is the id of the open incident anomaly ``i`` belongs to, or None (normal
     records, and anomalies of a run that has not reached the minimum yet).
     """
 
@@ -141,6 +142,9 @@ class IncidentTracker:
         self._runs: dict[str | None, _Run] = {}
         self._newest_ms: int | None = None
         self._newest_seen_at_ms: int | None = None  # wall clock when _newest_ms last advanced
+        # (end time, first offset) of runs, a min-heap: the sweep looks only at runs due to end.
+        # An anomaly pushes its run's new end; entries whose run moved on are skipped when popped.
+        self._ends: list[tuple[int, int, str | None]] = []
 
     @property
     def open_incidents(self) -> int:
@@ -181,7 +185,8 @@ class IncidentTracker:
             self._runs[record.key] = run
         run.add(record, model_version)
         if not record.is_anomaly:
-            return self._id(run) if run.opened else None
+            return None
+        self._push_end(run)
         if not run.opened and run.anomalies >= self.rules.min_anomalies:
             run.opened = True
             run.last_emitted_ms = record.timestamp_ms
@@ -193,14 +198,23 @@ class IncidentTracker:
 
     def _end_runs_before(self, time_ms: int) -> list[dict[str, Any]]:
         """End every run whose gap has passed at ``time_ms``: closed records, in a fixed order."""
-        ended = [
-            run for run in self._runs.values() if time_ms - run.last_anomaly_ms > self.rules.gap_ms
-        ]
+        ended = []
+        while self._ends and self._ends[0][0] < time_ms:
+            end_ms, first_offset, key = heapq.heappop(self._ends)
+            run = self._runs.get(key)
+            current = run is not None and run.first_offset == first_offset
+            if current and run is not None and run.last_anomaly_ms + self.rules.gap_ms == end_ms:
+                ended.append(run)
         ended.sort(key=lambda run: (run.last_anomaly_ms, run.first_offset))
         out: list[dict[str, Any]] = []
         for run in ended:
             out += self._finish(run)
         return out
+
+    def _push_end(self, run: _Run) -> None:
+        # first_offset is unique in a partition, so tuples never compare the keys (str | None).
+        end = (run.last_anomaly_ms + self.rules.gap_ms, run.first_offset, run.key)
+        heapq.heappush(self._ends, end)
 
     def _finish(self, run: _Run) -> list[dict[str, Any]]:
         del self._runs[run.key]
@@ -267,12 +281,9 @@ class IncidentTracker:
         tracker._newest_ms = int(newest) if newest is not None else None
         tracker._newest_seen_at_ms = now_ms if newest is not None else None
         for fields in _as_list(state.get("runs", [])):
-            try:
-                run = _Run(**fields)
-            except TypeError as exc:
-                raise ValueError(f"malformed incident run in state: {exc}") from exc
-            run.contribution_sums = {str(k): float(v) for k, v in run.contribution_sums.items()}
+            run = _run_from_state(fields)
             tracker._runs[run.key] = run
+            tracker._push_end(run)
         return tracker
 
 
@@ -280,3 +291,26 @@ def _as_list(value: object) -> Iterable[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise ValueError("incident state 'runs' must be a list of objects")
     return value
+
+
+def _run_from_state(fields: Mapping[str, Any]) -> _Run:
+    """One run of `IncidentTracker.export_state`, its types checked (ValueError if malformed)."""
+    try:
+        key = fields["key"]
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key {key!r} is not a string")
+        return _Run(
+            key=key,
+            first_offset=int(fields["first_offset"]),
+            first_anomaly_ms=int(fields["first_anomaly_ms"]),
+            last_anomaly_ms=int(fields["last_anomaly_ms"]),
+            records=int(fields["records"]),
+            anomalies=int(fields["anomalies"]),
+            peak_severity=float(fields["peak_severity"]),
+            contribution_sums={str(k): float(v) for k, v in fields["contribution_sums"].items()},
+            model_version=str(fields["model_version"]),
+            opened=bool(fields["opened"]),
+            last_emitted_ms=int(fields["last_emitted_ms"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"malformed incident run in state: {exc!r}") from exc

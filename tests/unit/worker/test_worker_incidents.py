@@ -82,6 +82,7 @@ def test_a_burst_opens_updates_and_closes_one_incident() -> None:
     # the anomalies before the minimum get no id; from the opening one on, the incident's id
     anomaly_ids = [i for r, i in zip(burst(), ids, strict=True) if r.is_anomaly]
     assert anomaly_ids == [None, None] + [opened["incident_id"]] * 3
+    assert all(i is None for r, i in zip(burst(), ids, strict=True) if not r.is_anomaly)
     assert tracker.open_incidents == 0
 
 
@@ -219,6 +220,9 @@ def test_state_from_another_format_or_malformed_is_refused() -> None:
         IncidentTracker.from_state(RULES, {**state, "format": 99}, now_ms=0)
     with pytest.raises(ValueError, match="malformed"):
         IncidentTracker.from_state(RULES, {**state, "runs": [{"key": "x"}]}, now_ms=0)
+    bad_count = {**state["runs"][0], "records": "many"}
+    with pytest.raises(ValueError, match="malformed"):
+        IncidentTracker.from_state(RULES, {**state, "runs": [bad_count]}, now_ms=0)
     with pytest.raises(ValueError, match="list"):
         IncidentTracker.from_state(RULES, {**state, "runs": "nope"}, now_ms=0)
 
