@@ -183,10 +183,12 @@ class IncidentTracker:
                 return None
             run = _Run(record.key, record.offset, record.timestamp_ms, record.timestamp_ms)
             self._runs[record.key] = run
+        previous_last_anomaly_ms = run.last_anomaly_ms if run.anomalies else None
         run.add(record, model_version)
         if not record.is_anomaly:
             return None
-        self._push_end(run)
+        if run.last_anomaly_ms != previous_last_anomaly_ms:
+            self._push_end(run)
         if not run.opened and run.anomalies >= self.rules.min_anomalies:
             run.opened = True
             run.last_emitted_ms = record.timestamp_ms
@@ -198,16 +200,15 @@ class IncidentTracker:
 
     def _end_runs_before(self, time_ms: int) -> list[dict[str, Any]]:
         """End every run whose gap has passed at ``time_ms``: closed records, in a fixed order."""
-        ended = []
+        ended: dict[int, _Run] = {}  # by first offset: a run may have several entries due
         while self._ends and self._ends[0][0] < time_ms:
             end_ms, first_offset, key = heapq.heappop(self._ends)
             run = self._runs.get(key)
             current = run is not None and run.first_offset == first_offset
             if current and run is not None and run.last_anomaly_ms + self.rules.gap_ms == end_ms:
-                ended.append(run)
-        ended.sort(key=lambda run: (run.last_anomaly_ms, run.first_offset))
+                ended[first_offset] = run
         out: list[dict[str, Any]] = []
-        for run in ended:
+        for run in sorted(ended.values(), key=lambda run: (run.last_anomaly_ms, run.first_offset)):
             out += self._finish(run)
         return out
 

@@ -279,3 +279,16 @@ def test_late_records_chain_by_their_own_timestamps() -> None:
     # the next record that moves the partition's clock closes it (both are 65 s behind)
     out, _ = feed(tracker, [normal(100_001, 4, key="other")], batch=10)
     assert [r["status"] for r in out] == ["closed"]
+
+
+def test_anomalies_with_one_timestamp_and_late_ones_close_once() -> None:
+    rules = IncidentRules(gap_ms=1_000, min_anomalies=2, update_ms=0)
+    tracker = IncidentTracker(rules, TOPIC, PARTITION)
+    # same timestamp three times, then one behind it: the run's end does not move, and the late
+    # one is no later than the last update in record time, so it updates nothing
+    records = [anomaly(5_000, 0), anomaly(5_000, 1), anomaly(5_000, 2), anomaly(4_900, 3)]
+    out, _ = feed(tracker, records + [normal(6_001, 4)], batch=10)
+    assert [(r["status"], r["anomalies"]) for r in out] == [
+        ("opened", 2), ("updated", 3), ("closed", 4),
+    ]  # fmt: skip
+    assert out[-1]["last_anomaly_at"] == "1970-01-01T00:00:05.000Z"
