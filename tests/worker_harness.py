@@ -26,7 +26,7 @@ from kafka_helpers import create_topic, unique_name
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
-OUTCOMES = ("normal", "anomaly", "invalid")
+OUTCOMES = ("normal", "anomaly", "invalid", "warming")  # warming: windowed models only
 POISON = b"{not json"
 # Fast reloads, lag refreshes and batches, so that tests see changes within a second.
 TEST_SETTINGS: dict[str, object] = {
@@ -282,8 +282,8 @@ class Stream:
     """Produces records from a background thread in paced chunks: a live input stream.
 
     Record ``i`` is ``{"id": i, "features": x[i]}`` keyed ``k<i>`` (the key spreads records over
-    the partitions), except every ``poison_every``-th one (0: none), which is `POISON`, an
-    undecodable value. ``placed[i]`` is where record ``i`` landed; `stop` ends the stream early.
+    the partitions), or ``values[i]`` keyed ``keys[i]`` when given (series per key), except every
+    ``poison_every``-th one (0: none), which is `POISON`, an undecodable value. ``placed[i]`` is where record ``i`` landed; `stop` ends the stream early.
     """
 
     def __init__(
@@ -294,8 +294,12 @@ class Stream:
         chunk: int = 100,
         pause_s: float = 0.1,
         poison_every: int = 250,
+        *,
+        values: Sequence[bytes] | None = None,
+        keys: Sequence[bytes] | None = None,
     ) -> None:
         self.x = x
+        self._values, self._keys = values, keys
         self.n = len(x)
         self.poison = np.zeros(self.n, dtype=bool)
         if poison_every:
@@ -329,12 +333,9 @@ class Stream:
                     break
                 futures = []
                 for i in range(start, min(start + chunk, self.n)):
-                    value = (
-                        POISON
-                        if self.poison[i]
-                        else json.dumps({"id": i, "features": self.x[i].tolist()}).encode()
+                    futures.append(
+                        (i, producer.send(topic, key=self._key(i), value=self._value(i)))
                     )
-                    futures.append((i, producer.send(topic, key=f"k{i}".encode(), value=value)))
                 producer.flush()
                 for i, f in futures:
                     meta = f.get(timeout=120)
@@ -346,6 +347,16 @@ class Stream:
         finally:
             producer.close(timeout=10)
             self.done.set()
+
+    def _value(self, i: int) -> bytes:
+        if self.poison[i]:
+            return POISON
+        if self._values is not None:
+            return self._values[i]
+        return json.dumps({"id": i, "features": self.x[i].tolist()}).encode()
+
+    def _key(self, i: int) -> bytes:
+        return self._keys[i] if self._keys is not None else f"k{i}".encode()
 
     def stop(self) -> None:
         self._stop.set()

@@ -36,6 +36,14 @@ class Partition(NamedTuple):
 
 # Per partition: the offset of the next record to read (what a commit stores).
 Offsets = dict[Partition, int]
+# The metadata string committed with an offset (windowed models: where a state restore starts,
+# see `worker.state`); the empty string when there is nothing to say.
+OffsetMetadata = Callable[[Partition, int], str]
+
+
+def _no_metadata(tp: Partition, offset: int) -> str:
+    return ""
+
 
 # The group membership is stable (joined, heartbeating): `ConsumerClient.member_state`.
 MEMBER_STABLE: str = MemberState.STABLE
@@ -133,6 +141,12 @@ class ConsumerClient(Protocol):
     def seek(self, tp: Partition, offset: int) -> None: ...
     def seek_to_beginning(self, tp: Partition) -> None: ...
     def committed(self, tp: Partition, timeout_ms: int) -> int | None: ...
+    def committed_metadata(self, tp: Partition, timeout_ms: int) -> str | None:
+        """The metadata string of ``tp``'s committed offset (None: nothing committed)."""
+
+    def set_offset_metadata(self, metadata: OffsetMetadata) -> None:
+        """Commit every offset with ``metadata(tp, offset)`` from now on."""
+
     def position(self, tp: Partition, timeout_ms: int) -> int | None: ...
     def end_offsets(self, tps: list[Partition], timeout_ms: int) -> dict[Partition, int]: ...
     def commit(self, offsets: Offsets, timeout_ms: int) -> None: ...
@@ -174,6 +188,9 @@ class ProducerClient(Protocol):
     def init_transactions(self) -> None: ...
     def begin_transaction(self) -> None: ...
     def send_offsets_to_transaction(self, offsets: Offsets, group_metadata: object) -> None: ...
+    def set_offset_metadata(self, metadata: OffsetMetadata) -> None:
+        """Send every offset to a transaction with ``metadata(tp, offset)`` from now on."""
+
     def commit_transaction(self) -> None: ...
     def abort_transaction(self) -> None: ...
     def close(self, timeout_s: float) -> None: ...
@@ -244,8 +261,10 @@ def _tp(p: Partition) -> TopicPartition:
     return TopicPartition(p.topic, p.partition)
 
 
-def _kafka_offsets(offsets: Offsets) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {_tp(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+def _kafka_offsets(
+    offsets: Offsets, metadata: OffsetMetadata = _no_metadata
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {_tp(tp): OffsetAndMetadata(off, metadata(tp, off), -1) for tp, off in offsets.items()}
 
 
 def client_config(s: WorkerSettings) -> dict[str, Any]:
@@ -324,6 +343,10 @@ class KafkaConsumerClient:
 
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._consumer = consumer
+        self._metadata: OffsetMetadata = _no_metadata
+
+    def set_offset_metadata(self, metadata: OffsetMetadata) -> None:
+        self._metadata = metadata
 
     @_seam
     def topics(self) -> None:
@@ -358,6 +381,11 @@ class KafkaConsumerClient:
         with _translated((AssertionError,)):
             return self._consumer.committed(_tp(tp), timeout_ms=timeout_ms)  # type: ignore[no-any-return]
 
+    def committed_metadata(self, tp: Partition, timeout_ms: int) -> str | None:
+        with _translated((AssertionError,)):
+            found = self._consumer.committed(_tp(tp), metadata=True, timeout_ms=timeout_ms)
+        return None if found is None else str(found.metadata or "")
+
     def position(self, tp: Partition, timeout_ms: int) -> int | None:
         with _translated((AssertionError,)):
             return self._consumer.position(_tp(tp), timeout_ms=timeout_ms)  # type: ignore[no-any-return]
@@ -368,7 +396,7 @@ class KafkaConsumerClient:
 
     @_seam
     def commit(self, offsets: Offsets, timeout_ms: int) -> None:
-        self._consumer.commit(_kafka_offsets(offsets), timeout_ms=timeout_ms)
+        self._consumer.commit(_kafka_offsets(offsets, self._metadata), timeout_ms=timeout_ms)
 
     def commit_async(
         self, offsets: Offsets, on_done: Callable[[Exception | None], None] | None = None
@@ -378,7 +406,9 @@ class KafkaConsumerClient:
                 on_done(seam_error(response) if isinstance(response, Exception) else None)
 
         with _translated():
-            return self._consumer.commit_async(_kafka_offsets(offsets), callback=callback)  # type: ignore[no-any-return]
+            return self._consumer.commit_async(  # type: ignore[no-any-return]
+                _kafka_offsets(offsets, self._metadata), callback=callback
+            )
 
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
@@ -412,6 +442,10 @@ class KafkaProducerClient:
 
     def __init__(self, producer: KafkaProducer) -> None:
         self._producer = producer
+        self._metadata: OffsetMetadata = _no_metadata
+
+    def set_offset_metadata(self, metadata: OffsetMetadata) -> None:
+        self._metadata = metadata
 
     def send(self, record: OutRecord) -> SendResult:
         with _translated():
@@ -437,7 +471,9 @@ class KafkaProducerClient:
 
     @_seam
     def send_offsets_to_transaction(self, offsets: Offsets, group_metadata: object) -> None:
-        self._producer.send_offsets_to_transaction(_kafka_offsets(offsets), group_metadata)
+        self._producer.send_offsets_to_transaction(
+            _kafka_offsets(offsets, self._metadata), group_metadata
+        )
 
     @_seam
     def commit_transaction(self) -> None:

@@ -41,6 +41,7 @@ from anomaly_contract.records import (
 )
 
 __all__ = [
+    "BAD_KEY",
     "EMPTY",
     "ERROR_KINDS",
     "MISSING_FEATURE",
@@ -64,8 +65,11 @@ __all__ = [
 
 # A record can also fail after decoding: its reconstruction error overflows while scoring.
 NON_FINITE_SCORE = "non_finite_score"
+# Windowed models: the record's series key is unusable (not UTF-8, or a JSON field of the wrong
+# type); see `worker.series_keys`.
+BAD_KEY = "bad_key"
 # The kinds a record can be rejected for (the dead-letter "error class", a metric label).
-ERROR_KINDS = (*RECORD_ERROR_KINDS, NON_FINITE_SCORE)
+ERROR_KINDS = (*RECORD_ERROR_KINDS, NON_FINITE_SCORE, BAD_KEY)
 
 _FLOATS = {float}
 

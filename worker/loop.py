@@ -31,7 +31,7 @@ from worker.client import (
     make_consumer,
     make_producer,
 )
-from worker.decode import FeatureSpec, decode_batch
+from worker.decode import DecodedBatch, FeatureSpec, decode_batch
 from worker.delivery import Delivery, WorkerStopped, make_delivery
 from worker.http import HealthState
 from worker.membership import GroupMembership, Held
@@ -39,8 +39,12 @@ from worker.metrics import PhaseClock, RecentWindow, WorkerMetrics, population_s
 from worker.outputs import BatchOutputs, batch_outputs, iso_utc
 from worker.reachability import PROBE_INTERVAL_S, PROBE_TIMEOUT_MS
 from worker.reload import ModelWatcher
+from worker.replay_reader import KafkaReplayReader
 from worker.scoring import score_batch
+from worker.series_batch import SeriesOutputSettings
+from worker.series_scoring import SeriesScoring, series_model_of
 from worker.settings import WorkerSettings
+from worker.state import ReplayReader
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class Worker:
         watcher: ModelWatcher,
         consumer_factory: Callable[[WorkerSettings], ConsumerClient] = make_consumer,
         producer_factory: Callable[[WorkerSettings], ProducerClient] = make_producer,
+        replay_reader_factory: Callable[[WorkerSettings], ReplayReader] = KafkaReplayReader,
     ) -> None:
         self.s = settings
         self.metrics = metrics
@@ -71,6 +76,9 @@ class Worker:
         self.watcher = watcher
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
+        self._replay_reader_factory = replay_reader_factory
+        self._replay_reader: ReplayReader | None = None
+        self.series: SeriesScoring | None = None  # windowed models only
         self._stop = threading.Event()
         self.membership = GroupMembership(settings, metrics, health, self._stop)
         self.membership.forget = self._forget
@@ -157,12 +165,13 @@ class Worker:
             try:
                 if self.consumer is None:
                     consumer = self._consumer_factory(self.s)
+                    consumer.set_offset_metadata(self._commit_metadata)
                     self.membership.join(consumer)
                     self.consumer = consumer
                 self.delivery = make_delivery(
                     self.s,
                     self.consumer,
-                    lambda: self._producer_factory(self.s),
+                    self._make_producer,
                     self.metrics,
                     self.health,
                     self._stop.is_set,
@@ -189,10 +198,21 @@ class Worker:
                 self._stop.wait(delay)
         return False
 
+    def _make_producer(self) -> ProducerClient:
+        producer = self._producer_factory(self.s)
+        producer.set_offset_metadata(self._commit_metadata)  # exactly_once commits through it
+        return producer
+
+    def _commit_metadata(self, tp: Partition, offset: int) -> str:
+        """What each committed offset carries: windowed models' restore start, else nothing."""
+        return "" if self.series is None else self.series.commit_metadata(tp, offset)
+
     def _forget(self, partitions: set[Partition] | None) -> None:
-        """Partitions revoked (None: all, on a rejoin): their batches in flight and positions
-        are void."""
+        """Partitions revoked (None: all, on a rejoin): their batches in flight, positions and
+        series state are void."""
         assert self.consumer is not None
+        if self.series is not None:
+            self.series.forget(partitions)
         if partitions is None:
             if self.delivery is not None:
                 self.delivery.forget(set(self.consumer.assignment()))
@@ -221,6 +241,11 @@ class Worker:
                 self.delivery.close(timeout_s=3.0)
             except Exception as exc:  # noqa: BLE001
                 log.warning("closing the producer: %s", exc)
+        if self._replay_reader is not None:
+            try:
+                self._replay_reader.close()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                log.warning("closing the state replay reader: %s", exc)
         self.metrics.up.set(0)
         log.info("worker closed")
 
@@ -234,6 +259,7 @@ class Worker:
             max_record_bytes=self.s.max_record_bytes,
             max_abs_value=self.s.max_abs_value,
         )
+        self._install_series(bundle)
         self.window.set_edges(m.calibration.histogram_edges)
         self._calibration_counts = np.asarray(m.calibration.histogram_counts, dtype=np.float64)
         self.metrics.set_model(m.version, m.threshold, m.expected_anomaly_ratio)
@@ -242,6 +268,25 @@ class Worker:
             "scoring with model %s",
             m.version,
             extra={"version": m.version, "threshold": m.threshold, "features": m.n_features},
+        )
+
+    def _install_series(self, bundle: ModelBundle) -> None:
+        """A windowed model gets fresh series state (rebuilt from the input on demand, with
+        the new model's normalisation); a point model none."""
+        model = series_model_of(bundle)
+        if model is None:
+            self.series = None
+            return
+        if self._replay_reader is None:
+            self._replay_reader = self._replay_reader_factory(self.s)
+        self.series = SeriesScoring(
+            model,
+            self.s,
+            self.metrics.state,
+            lambda: self.consumer,
+            self._replay_reader,
+            previous=self.series,
+            heartbeat=self.health.beat,
         )
 
     def _maybe_swap(self) -> None:
@@ -291,25 +336,33 @@ class Worker:
         records = [r for recs in held.values() for r in recs]
         decoded = decode_batch([r.value for r in records], spec)
         self.phases.mark("decode")
-        scored = score_batch(bundle, decoded.x) if decoded.x.shape[0] else None
-        self.phases.mark("score")
-        outputs = batch_outputs(
-            records,
-            decoded,
-            scored,
-            model_version=bundle.version,
-            feature_names=bundle.feature_names,
-            top_k=self.s.top_features,
-            output_topic=self.s.output_topic,
-            dlq_topic=self.s.dlq_topic,
-            detected_at=iso_utc(time.time()),
-        )
+        if self.series is not None:
+            outputs = self._series_outputs(held, records, decoded)
+            if outputs is None:
+                return
+            self.phases.mark("score")  # restore (when due), push, score and events in one
+        else:
+            scored = score_batch(bundle, decoded.x) if decoded.x.shape[0] else None
+            self.phases.mark("score")
+            outputs = batch_outputs(
+                records,
+                decoded,
+                scored,
+                model_version=bundle.version,
+                feature_names=bundle.feature_names,
+                top_k=self.s.top_features,
+                output_topic=self.s.output_topic,
+                dlq_topic=self.s.dlq_topic,
+                detected_at=iso_utc(time.time()),
+            )
         self.phases.mark("outputs")
         # a partition lost outside poll (expired membership) must not be emitted for any more:
         # rare, so simply redo the batch without it
         revoked = self.membership.tracker.take()
         if revoked & held.keys():
             log.warning("partitions revoked mid-batch; their records are left to the new owner")
+            if self.series is not None:
+                self.series.forget(set(held))  # pushed already: rebuilt before the redo
             kept = dict(held)
             self.membership.release(revoked, kept, {})
             if kept:
@@ -326,6 +379,27 @@ class Worker:
         self.phases.mark("account")
         self._positions.update(offsets)
 
+    def _series_outputs(
+        self, held: Held, records: list[InRecord], decoded: DecodedBatch
+    ) -> BatchOutputs | None:
+        """A windowed model's outputs; None when a partition's state could not be restored
+        (the batch is read again after a pause)."""
+        assert self.series is not None and self._bundle is not None and self._spec is not None
+        settings = SeriesOutputSettings(
+            model_version=self._bundle.version,
+            channel_names=self._bundle.feature_names,
+            top_k=self.s.top_features,
+            output_topic=self.s.output_topic,
+            dlq_topic=self.s.dlq_topic,
+            detected_at=iso_utc(time.time()),
+        )
+        try:
+            return self.series.batch_outputs(held, records, decoded, self._spec, settings)
+        except ClientError as exc:
+            log.warning("cannot restore the series state (%s): reading the batch again", exc)
+            self._rewind(held)
+            return None
+
     def _account(self, records: list[InRecord], outputs: BatchOutputs, t0: float) -> None:
         """A delivered batch's metrics and recent-window statistics."""
         now = time.time()
@@ -334,7 +408,9 @@ class Worker:
         n_anom = outputs.n_anomalies
         m = self.metrics
         m.records.labels("anomaly").inc(n_anom)
-        m.records.labels("normal").inc(n - n_anom - n_invalid)
+        m.records.labels("normal").inc(n - n_anom - n_invalid - outputs.n_warming)
+        if outputs.n_warming:
+            m.records.labels("warming").inc(outputs.n_warming)
         if n_invalid:
             m.records.labels("invalid").inc(n_invalid)
             for kind, k in collections.Counter(e.kind for _, e in outputs.errors).items():
@@ -352,6 +428,8 @@ class Worker:
     def _rewind(self, held: Held) -> None:
         """After an aborted transaction: read the batch again (same records, same results)."""
         assert self.consumer is not None
+        if self.series is not None:
+            self.series.forget(set(held))  # pushed already: rebuilt when read again
         assigned = self.consumer.assignment()
         for tp, recs in held.items():
             if tp in assigned:

@@ -151,6 +151,46 @@ class PhaseClock:
         self._last = now
 
 
+RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class StateMetrics:
+    """The series state's metrics (windowed models): keys held, evictions, restores."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.keys = Gauge(
+            "anomaly_worker_series_keys", "Series keys held (all assigned partitions).", registry=r
+        )
+        self.evicted = Counter(
+            "anomaly_worker_series_evicted",
+            "Series keys evicted, least recently seen first, beyond ANOMALY_MAX_KEYS.",
+            registry=r,
+        )
+        self.restores = Counter(
+            "anomaly_worker_state_restores",
+            "Partition state restores (re-reading the input partition on assignment).",
+            registry=r,
+        )
+        self.restore_seconds = Histogram(
+            "anomaly_worker_state_restore_seconds",
+            "Time to restore one partition's series state.",
+            buckets=RESTORE_BUCKETS,
+            registry=r,
+        )
+        self.restore_records = Counter(
+            "anomaly_worker_state_restore_records",
+            "Input records re-read to restore series state (not scored).",
+            registry=r,
+        )
+        self.keys_cut = Counter(
+            "anomaly_worker_state_keys_cut",
+            "Series keys whose window began before ANOMALY_STATE_REPLAY_MAX_RECORDS records"
+            " back: a restore could not rebuild them and they warm up again.",
+            registry=r,
+        )
+
+
 class WorkerMetrics:
     """Every metric the worker exports (names and labels are an interface, see PRODUCT.md)."""
 
@@ -161,7 +201,7 @@ class WorkerMetrics:
         self.records = Counter(
             "anomaly_worker_records", "Records consumed, by outcome.", ["outcome"], registry=r
         )
-        for outcome in ("normal", "anomaly", "invalid"):
+        for outcome in ("normal", "anomaly", "invalid", "warming"):
             self.records.labels(outcome)
         self.dead_letters = Counter(
             "anomaly_worker_dead_letters",
@@ -285,6 +325,7 @@ class WorkerMetrics:
             " (the new owner reads them).",
             registry=r,
         )
+        self.state = StateMetrics(r)
         self.last_batch_timestamp = Gauge(
             "anomaly_worker_last_batch_timestamp_seconds",
             "Unix time of the last processed batch.",

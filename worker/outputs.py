@@ -122,6 +122,7 @@ class BatchOutputs:
     errors: list[tuple[int, DecodeError]]  # (position in the batch, why), in batch order
     n_anomalies: int
     finite_scores: np.ndarray  # the scores of the rows that were scored
+    n_warming: int = 0  # windowed models: records that do not yet close a window of their key
 
 
 def batch_outputs(

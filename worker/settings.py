@@ -101,6 +101,26 @@ class WorkerSettings(KafkaSecurity):
     )
     top_features: int = Field(3, ge=0, description="features listed in each event")
 
+    # --- series (windowed models) ----------------------------------------------------------------
+    key_field: str | None = Field(
+        None,
+        description="windowed models: the JSON field holding the series key (a string or an"
+        " integer); unset: the Kafka record key. Records without one form one series per partition",
+    )
+    max_keys: int = Field(
+        100_000,
+        ge=1,
+        description="windowed models: series keys held per assigned partition; the least recently"
+        " seen key is evicted beyond it (it warms up again when it returns)",
+    )
+    state_replay_max_records: int = Field(
+        1_000_000,
+        ge=0,
+        description="windowed models: at most this many records of a partition are re-read before"
+        " its committed offset to rebuild the windows on assignment; keys whose window began"
+        " earlier warm up again (counted in anomaly_worker_state_keys_cut_total)",
+    )
+
     # --- incidents ------------------------------------------------------------------------------
     incident_topic: str | None = Field(
         None,
@@ -125,6 +145,13 @@ class WorkerSettings(KafkaSecurity):
     # --- batching ------------------------------------------------------------------------------
     batch_max_records: int = Field(1000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(100, ge=0, le=60_000)
+
+    blas_threads: int = Field(
+        1,
+        ge=0,
+        description="threads of the BLAS behind NumPy scoring (0: the library's default; batches"
+        " are too small to gain from more, and spare threads contend for the CPUs)",
+    )
 
     # --- validation ----------------------------------------------------------------------------
     max_record_bytes: int = Field(1024 * 1024, ge=16, description="larger values go to the DLQ")
@@ -165,6 +192,11 @@ class WorkerSettings(KafkaSecurity):
                 "kafka://HOST:PORT/TOPIC"
             )
         return value
+
+    @field_validator("key_field")
+    @classmethod
+    def _check_key_field(cls, value: str | None) -> str | None:
+        return value if value else None  # ANOMALY_KEY_FIELD="" means the Kafka record key
 
     @field_validator("incident_topic")
     @classmethod

@@ -9,13 +9,14 @@ called as the test scripts it.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from worker.client import (
     MEMBER_STABLE,
     ClientError,
+    OffsetMetadata,
     Offsets,
     OutRecord,
     Partition,
@@ -82,6 +83,8 @@ class FakeProducer:
         self.hold_acks = False
         self.transactions: list[str] = []  # begin / commit / abort, in order
         self.txn_offsets: list[Offsets] = []
+        self.txn_metadata: list[dict[Partition, str]] = []
+        self.offset_metadata: OffsetMetadata = lambda tp, offset: ""
         self.fail_commits = 0  # the next commit_transaction calls that fail
         self.closed = False
 
@@ -112,6 +115,10 @@ class FakeProducer:
 
     def send_offsets_to_transaction(self, offsets: Offsets, group_metadata: object) -> None:
         self.txn_offsets.append(dict(offsets))
+        self.txn_metadata.append({tp: self.offset_metadata(tp, o) for tp, o in offsets.items()})
+
+    def set_offset_metadata(self, metadata: OffsetMetadata) -> None:
+        self.offset_metadata = metadata
 
     def commit_transaction(self) -> None:
         if self.fail_commits:
@@ -140,6 +147,8 @@ class FakeConsumer:
         self.async_commits: list[Offsets] = []
         self.sync_commits: list[Offsets] = []
         self.committed_offsets: Offsets = {}
+        self.committed_meta: dict[Partition, str] = {}  # the metadata of each committed offset
+        self.offset_metadata: OffsetMetadata = lambda tp, offset: ""
         self.hold_commits = False  # leave async commits in flight
         self.commit_results: list[FakeResult] = []
         self.io_sleeps = 0
@@ -150,10 +159,12 @@ class FakeConsumer:
         self.closed = False
 
     # --- test side
-    def produce(self, partition: int, values: list[bytes | None]) -> None:
+    def produce(
+        self, partition: int, values: list[bytes | None], keys: list[bytes | None] | None = None
+    ) -> None:
         tp = Partition(self.topic, partition)
-        for v in values:
-            self.log[tp].append(FakeRecord(self.topic, partition, len(self.log[tp]), v))
+        for v, k in zip(values, keys or [None] * len(values), strict=True):
+            self.log[tp].append(FakeRecord(self.topic, partition, len(self.log[tp]), v, k))
 
     def revoke(self, partitions: set[Partition]) -> None:
         assert self.listener is not None
@@ -207,6 +218,17 @@ class FakeConsumer:
     def committed(self, tp: Partition, timeout_ms: int) -> int | None:
         return self.committed_offsets.get(tp)
 
+    def committed_metadata(self, tp: Partition, timeout_ms: int) -> str | None:
+        self._answer()
+        return self.committed_meta.get(tp) if tp in self.committed_offsets else None
+
+    def set_offset_metadata(self, metadata: OffsetMetadata) -> None:
+        self.offset_metadata = metadata
+
+    def _record_commit(self, offsets: Offsets) -> None:
+        self.committed_offsets.update(offsets)
+        self.committed_meta.update({tp: self.offset_metadata(tp, o) for tp, o in offsets.items()})
+
     def position(self, tp: Partition, timeout_ms: int) -> int | None:
         return self.positions[tp]
 
@@ -221,7 +243,7 @@ class FakeConsumer:
     def commit(self, offsets: Offsets, timeout_ms: int) -> None:
         self._answer()
         self.sync_commits.append(dict(offsets))
-        self.committed_offsets.update(offsets)
+        self._record_commit(offsets)
 
     def commit_async(
         self, offsets: Offsets, on_done: Callable[[Exception | None], None] | None = None
@@ -231,7 +253,7 @@ class FakeConsumer:
         self.commit_results.append(result)
         if not self.hold_commits:
             result.success()
-            self.committed_offsets.update(offsets)
+            self._record_commit(offsets)
         return result
 
     def group_metadata(self) -> object:
@@ -256,4 +278,27 @@ class FakeConsumer:
         return False
 
     def close(self, timeout_s: float) -> None:
+        self.closed = True
+
+
+class FakeReplayReader:
+    """Re-reads a `FakeConsumer`'s log (the state restore's reader), counting what it read."""
+
+    def __init__(self, consumer: FakeConsumer, chunk: int = 7) -> None:
+        self.consumer = consumer
+        self.chunk = chunk
+        self.reads: list[tuple[Partition, int, int]] = []
+        self.fail = 0  # the next reads that fail (the broker cannot serve them)
+        self.closed = False
+
+    def read(self, tp: Partition, start: int, end: int) -> Iterator[list[Any]]:
+        self.reads.append((tp, start, end))
+        if self.fail:
+            self.fail -= 1
+            raise RequestTimeout("the broker does not answer the replay")
+        log = self.consumer.log[tp]
+        for first in range(start, end, self.chunk):
+            yield list(log[first : min(first + self.chunk, end)])
+
+    def close(self) -> None:
         self.closed = True

@@ -9,20 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_client import FakeConsumer, FakeProducer
-from prometheus_client import CollectorRegistry
+from fake_client import FakeConsumer
 from worker_models import sensor_rows
+from worker_runs import TOPIC, Run
 
 from worker.client import Partition
-from worker.http import HealthState
-from worker.loop import EXIT_OK, Worker
-from worker.metrics import BATCH_PHASES, WorkerMetrics
+from worker.loop import EXIT_OK
+from worker.metrics import BATCH_PHASES
 from worker.outputs import H_ERROR_CLASS
 from worker.reachability import PROBE_INTERVAL_S
-from worker.reload import ModelWatcher
-from worker.settings import WorkerSettings
-
-TOPIC = "in"
 
 
 def records(n: int, seed: int) -> list[bytes | None]:
@@ -33,53 +28,6 @@ def records(n: int, seed: int) -> list[bytes | None]:
 
 ANOMALY = json.dumps({"id": "far", "features": [1000.0] * 6}).encode()
 BAD = b"not json"
-
-
-class Run:
-    """A worker on fakes, stopped once the consumer has handed out everything and idled."""
-
-    def __init__(self, model_dir: Path, consumer: FakeConsumer, **settings: object) -> None:
-        self.consumer = consumer
-        self.producer = FakeProducer()
-        self.registry = CollectorRegistry()
-        metrics = WorkerMetrics(self.registry)
-        s = WorkerSettings(**{"input_topic": TOPIC, "model_dir": model_dir, "batch_max_wait_ms": 20, **settings})  # type: ignore[arg-type]  # fmt: skip
-        watcher = ModelWatcher(model_dir, 60.0, metrics)
-        self.worker = Worker(
-            s,
-            metrics,
-            HealthState(30.0),
-            watcher,
-            consumer_factory=lambda _: consumer,
-            producer_factory=lambda _: self.producer,
-        )
-        self.idle_since: float | None = None
-        previous = consumer.on_poll
-
-        def stop_when_idle(c: FakeConsumer, n: int) -> None:
-            if previous is not None:
-                previous(c, n)
-            drained = c.assigned and all(c.positions[tp] >= len(c.log[tp]) for tp in c.assigned)
-            if not drained:
-                self.idle_since = None
-            elif self.idle_since is None:
-                self.idle_since = time.monotonic()
-            elif time.monotonic() - self.idle_since > 0.5:
-                self.worker.stop()
-
-        consumer.on_poll = stop_when_idle
-
-    def run(self) -> int:
-        done: list[int] = []
-        thread = threading.Thread(target=lambda: done.append(self.worker.run()), daemon=True)
-        thread.start()
-        thread.join(120)
-        assert done, "the worker did not stop"
-        return done[0]
-
-    def count(self, outcome: str) -> float:
-        value = self.registry.get_sample_value("anomaly_worker_records_total", {"outcome": outcome})
-        return value or 0.0
 
 
 def test_a_batch_cycle_emits_events_and_dead_letters_then_commits_everything(
