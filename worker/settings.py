@@ -20,6 +20,7 @@ from anomaly_contract.errors import ConfigError
 from anomaly_contract.kafka_connection import KafkaSecurity, security_problem
 from anomaly_contract.kafka_urls import is_topic_name
 from anomaly_contract.model_topic_format import parse_topic_url
+from worker.incidents import IncidentRules
 
 
 class WorkerSettings(KafkaSecurity):
@@ -120,6 +121,27 @@ class WorkerSettings(KafkaSecurity):
         " earlier warm up again (counted in anomaly_worker_state_keys_cut_total)",
     )
 
+    # --- incidents ------------------------------------------------------------------------------
+    incident_topic: str | None = Field(
+        None,
+        description="topic receiving incident records (opened/updated/closed, keyed by the series"
+        " key); unset or empty = no incidents",
+    )
+    incident_gap_s: float = Field(
+        300.0,
+        gt=0,
+        description="anomalies of one key at most this far apart (record time) form one incident;"
+        " an incident closes once this much passes with no anomaly",
+    )
+    incident_min_anomalies: int = Field(
+        3, ge=1, description="anomalies a run needs before it opens an incident (1 = every anomaly)"
+    )
+    incident_update_s: float = Field(
+        60.0,
+        ge=0,
+        description="at most one 'updated' record per incident per this much record time",
+    )
+
     # --- batching ------------------------------------------------------------------------------
     batch_max_records: int = Field(1000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(100, ge=0, le=60_000)
@@ -176,6 +198,16 @@ class WorkerSettings(KafkaSecurity):
     def _check_key_field(cls, value: str | None) -> str | None:
         return value if value else None  # ANOMALY_KEY_FIELD="" means the Kafka record key
 
+    @field_validator("incident_topic")
+    @classmethod
+    def _check_incident_topic(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # ANOMALY_INCIDENT_TOPIC="" switches incidents off
+        value = value.strip()
+        if not is_topic_name(value):
+            raise ValueError(f"invalid incident topic {value!r}: letters, digits, . _ - only")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
         problem = security_problem(self)
@@ -188,7 +220,26 @@ class WorkerSettings(KafkaSecurity):
         location = self.model_topic_location
         if location and location[1] in {self.input_topic, self.output_topic, self.dlq_topic}:
             raise ValueError("model_topic must not be the input, output or dead-letter topic")
+        taken = {self.input_topic, self.output_topic, self.dlq_topic} | {
+            location[1] if location else ""
+        }
+        if self.incident_topic is not None and self.incident_topic in taken:
+            raise ValueError(
+                "incident_topic must not be the input, output, dead-letter or model topic"
+            )
         return self
+
+    @property
+    def incident_rules(self) -> IncidentRules | None:
+        """The incident rules, or None when incidents are off (no incident topic)."""
+        if self.incident_topic is None:
+            return None
+        return IncidentRules(
+            gap_ms=round(self.incident_gap_s * 1000),
+            min_anomalies=self.incident_min_anomalies,
+            update_ms=round(self.incident_update_s * 1000),
+            top_features=self.top_features,
+        )
 
     @property
     def model_topic_location(self) -> tuple[str, str] | None:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from worker.incidents import IncidentRules
 from worker.settings import load_settings
 
 NAMES = [
+    "INCIDENT_TOPIC", "INCIDENT_GAP_S", "INCIDENT_MIN_ANOMALIES", "INCIDENT_UPDATE_S",
     "BOOTSTRAP_SERVERS", "INPUT_TOPIC", "OUTPUT_TOPIC", "DLQ_TOPIC", "GROUP_ID", "MODEL_DIR",
     "METRICS_PORT", "BATCH_MAX_RECORDS", "BATCH_MAX_WAIT_MS", "DELIVERY",
 ]  # fmt: skip
@@ -84,8 +86,33 @@ def test_secrets_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--batch-max-records", "0"],
         ["--sasl-mechanism", "PLAIN"],  # without a SASL protocol
         ["--output-topic", "same", "--dlq-topic", "same"],
+        ["--incident-topic", "has space"],
+        ["--incident-topic", "anomalies"],  # the output topic
+        ["--incident-topic", "incidents", "--model-topic", "incidents"],
+        ["--incident-gap-s", "0"],
+        ["--incident-min-anomalies", "0"],
+        ["--incident-update-s", "-1"],
     ],
 )
 def test_bad_settings_are_rejected(argv: list[str]) -> None:
     with pytest.raises((ValidationError, SystemExit)):
         load_settings(argv)
+
+
+def test_incidents_are_off_without_a_topic(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings([]).incident_rules is None
+    monkeypatch.setenv("ANOMALY_INCIDENT_TOPIC", "")
+    assert load_settings([]).incident_rules is None
+
+
+def test_incident_settings_become_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "INCIDENT_TOPIC": " incidents ", "INCIDENT_GAP_S": "1.5", "INCIDENT_MIN_ANOMALIES": "4",
+        "INCIDENT_UPDATE_S": "0",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(f"ANOMALY_{name}", value)
+    s = load_settings(["--top-features", "5"])
+    assert s.incident_topic == "incidents"
+    assert s.incident_rules == IncidentRules(
+        gap_ms=1500, min_anomalies=4, update_ms=0, top_features=5
+    )
