@@ -5,7 +5,8 @@ A version directory holds::
     manifest.json         # strict, format-versioned (see `Manifest`)
     scaler.json           # feature scaling fitted on training rows only
     model.keras           # the Keras autoencoder (sub-models "encoder" and "decoder")
-    dense_weights.npz     # optional: the same weights as plain arrays, for NumPy scoring
+    dense_weights.npz     # optional: a dense model's weights as plain arrays, for NumPy scoring
+    inference_layers.npz  # optional: any other model's layers as NumPy ops (`LayerEngine`)
 
 `ModelBundle` is a loaded version: it scales, reconstructs and scores. How versions are laid out
 in a model directory and published atomically lives in `anomaly_contract.model_dir`.
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from anomaly_contract.engines import DenseEngine, load_keras_model
+from anomaly_contract.engines import Engine, load_keras_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -37,7 +38,9 @@ MODEL_FILE = "model.keras"
 # Optional: the same weights as plain arrays for dense models, so readers can score with NumPy
 # alone (no TensorFlow import: the worker starts in ~1 s and stays ~5x smaller in memory).
 DENSE_WEIGHTS_FILE = "dense_weights.npz"
-OPTIONAL_FILES = (DENSE_WEIGHTS_FILE,)
+# Optional: every other architecture's layers as NumPy ops (see `anomaly_contract.layer_engine`).
+LAYERS_FILE = "inference_layers.npz"
+OPTIONAL_FILES = (DENSE_WEIGHTS_FILE, LAYERS_FILE)
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
 DEFAULT_KEEP = 10
@@ -225,15 +228,16 @@ class ScoreResult:
 class ModelBundle:
     """A published version, loaded: manifest, scaler and the fastest sound inference path.
 
-    Dense models score with `DenseEngine` (NumPy only; TensorFlow is never imported). Other
-    models use the Keras model through a traced tf.function. The Keras model itself is loaded
-    on first use of `model`, `encoder` or `decoder` when the engine makes it unnecessary.
+    Versions with a NumPy inference form score with it (`DenseEngine` for dense models,
+    `LayerEngine` for the others; TensorFlow is never imported). Older versions without one use
+    the Keras model through a traced tf.function. The Keras model itself is loaded on first use
+    of `model`, `encoder` or `decoder` when the engine makes it unnecessary.
     """
 
     manifest: Manifest
     scaler: Scaler
     path: Path
-    engine: DenseEngine | None = None
+    engine: Engine | None = None
     _model: Any = field(default=None, repr=False)
     _infer: Any = field(default=None, repr=False)
     _series: Any = field(default=None, repr=False)
