@@ -19,6 +19,10 @@ that floor is ~0.98.
     python benchmarks/quality.py --datasets "one-class (9),noise" --repeats 3
     python benchmarks/quality.py --variants vae,sparse   # more trainer variants on the same splits
 
+``--series`` runs the time-series section instead (`benchmarks/quality_series.py`: windowed models
+against a point model, IsolationForest on windows and a rolling z-score on keyed series; the
+options after it go to that script).
+
 ``--variants`` adds trainer variants next to the default, each trained and thresholded exactly like
 it on the same splits: ``vae`` (``--architecture vae``) and ``sparse`` (``--sparsity 1e-3``).
 """
@@ -249,6 +253,11 @@ def time_large(architecture: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--series" in argv:
+        from benchmarks.quality_series import main as series_main
+
+        return series_main([a for a in argv if a != "--series"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer sets and repeats, no large timing")
     ap.add_argument("--repeats", type=int, default=None, help="random splits per set (default 3)")

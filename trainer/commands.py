@@ -120,7 +120,7 @@ def _fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     if args.window is not None:
         from trainer.commands_series import fit_series
 
-        return fit_series(args, _fit_options(args, None))
+        return fit_series(args, _fit_options(args, None), kafka)
     _refuse_series_flags(args, "fit needs --window W for")
     ds = _load(args.data, args, kafka, image_shape=args.image_shape, min_rows=None)
     options = _fit_options(args, args.image_shape or ds.image_shape)

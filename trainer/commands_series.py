@@ -16,6 +16,7 @@ import numpy as np
 
 from anomaly_contract import artifact
 from anomaly_contract.errors import ConfigError, DataError
+from anomaly_contract.kafka_connection import KafkaConnection
 from trainer.commands import write_lines
 from trainer.data_series import SeriesData, default_series_columns, load_series
 
@@ -36,10 +37,11 @@ def _model_series(args: argparse.Namespace, bundle: artifact.ModelBundle) -> Ser
     )
 
 
-def fit_series(args: argparse.Namespace, options: Any) -> int:
-    """``fit DATA --window W``: train, calibrate per key and publish a windowed version."""
+def fit_series(args: argparse.Namespace, options: Any, kafka: KafkaConnection) -> int:
+    """``fit DATA --window W``: train, calibrate per key and publish a windowed version (to the
+    model topic too with ``--publish-topic``)."""
     from trainer.fit_series import fit_series_model
-    from trainer.publish import publish_model
+    from trainer.publish import publish_from_model_dir, publish_model
 
     if args.exclude_flagged == "yes":
         raise ConfigError("--exclude-flagged is for point models; windowed fits leave it out")
@@ -55,6 +57,9 @@ def fit_series(args: argparse.Namespace, options: Any) -> int:
         data, args.window, options, quiet=args.quiet, score_steps=args.score_steps
     )
     version = publish_model(trained, args.model_dir, keep=args.keep)
+    if args.publish_topic:
+        publish_from_model_dir(args.publish_topic, args.model_dir, version, connection=kafka)
+        _err(f"sent {version} to model topic {args.publish_topic}")
     if args.report:
         from anomaly_contract.model_dir import load_bundle
         from trainer.report_series import write_series_report

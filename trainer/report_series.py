@@ -113,6 +113,7 @@ def plot_series(path: Path, data: SeriesData, result: SeriesRowScores, labels: n
             _shade(ax, labels[rows] != 0)
             ax.grid(alpha=0.3)
         bottom.set_yscale("log")
+        bottom.set_xlim(top.get_xlim())
         top.set_title(f"key {index.key_names[code]}: channels (standardised)", fontsize=9)
         bottom.set_title("score vs its key's threshold; labelled ranges shaded", fontsize=9)
         top.legend(fontsize=7, loc="upper right")

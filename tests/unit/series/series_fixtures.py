@@ -27,7 +27,12 @@ def keyed_rows(
 
 
 def series_bundle(
-    window: int, channels: int, train_x: np.ndarray, train_keys: np.ndarray, warmup: int = 16
+    window: int,
+    channels: int,
+    train_x: np.ndarray,
+    train_keys: np.ndarray,
+    warmup: int = 16,
+    score_steps: int = 1,
 ) -> ModelBundle:
     """A windowed dense model whose normaliser knows ``train_keys``; thresholds from noise."""
     rng = np.random.default_rng(7)
@@ -50,6 +55,7 @@ def series_bundle(
             "threshold": thresholds.pooled,
             "series": SeriesParams(
                 window=window,
+                score_steps=score_steps,
                 key_column="key",
                 normaliser=normaliser.to_json(),
                 thresholds=thresholds.to_json(),

@@ -63,6 +63,17 @@ def test_streaming_gives_the_offline_scores_with_trained_and_unseen_keys(batch: 
         assert not offline.warming[rows_of_key[warming_rows:]].any()
 
 
+@pytest.mark.parametrize("steps", [1, 3, WINDOW])
+def test_a_score_averages_the_errors_of_the_last_score_steps_rows(steps: int):
+    x, keys = keyed_rows(300, ["a", "b"], CHANNELS, seed=8)
+    model = series_bundle(WINDOW, CHANNELS, x, keys, warmup=WARMUP, score_steps=steps).series
+    result = model.score_rows(x, keys)
+    tail = result.element_errors[:, -steps:, :].reshape(result.scored_rows.size, -1)
+    np.testing.assert_allclose(result.scores[result.scored_rows], tail.mean(axis=1), rtol=1e-12)
+    streamed = _stream(model, x, keys, batch=9)
+    np.testing.assert_allclose(streamed, result.scores, rtol=1e-12)
+
+
 def test_offline_scores_do_not_depend_on_the_row_order_across_keys():
     model = _model(["a", "b"])
     x, keys = keyed_rows(400, ["a", "b", "z"], CHANNELS, seed=3)

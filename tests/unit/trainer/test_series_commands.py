@@ -156,3 +156,18 @@ def test_point_model_commands_refuse_series_flags(capsys, published, tmp_path) -
         ["score", str(data), "--model-dir", str(model_dir), "--key-column", "key"],
         "point model",
     )
+
+
+def test_a_windowed_version_survives_the_model_topic_packing(series_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from anomaly_contract.model_dir import load_version_dir, version_dir
+    from anomaly_contract.model_topic_format import pack_version_dir, unpack_blob
+
+    data, model_dir = series_model
+    (tmp_path / "v").mkdir()
+    unpack_blob(pack_version_dir(version_dir(model_dir)), tmp_path / "v")
+
+    frame = pd.read_csv(data)
+    x, keys, t = frame[["temp", "load", "vibration"]].to_numpy(), frame["key"], frame["t"]
+    again = load_version_dir(tmp_path / "v").series.score_rows(x, keys, t)
+    first = load_bundle(model_dir).series.score_rows(x, keys, t)
+    np.testing.assert_array_equal(again.scores, first.scores)
