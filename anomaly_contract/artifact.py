@@ -7,6 +7,7 @@ A version directory holds::
     model.keras           # the Keras autoencoder (sub-models "encoder" and "decoder")
     dense_weights.npz     # optional: a dense model's weights as plain arrays, for NumPy scoring
     inference_layers.npz  # optional: any other model's layers as NumPy ops (`LayerEngine`)
+    inference.onnx        # optional: the same model for ONNX Runtime (`OnnxEngine`)
 
 `ModelBundle` is a loaded version: it scales, reconstructs and scores. How versions are laid out
 in a model directory and published atomically lives in `anomaly_contract.model_dir`.
@@ -40,7 +41,9 @@ MODEL_FILE = "model.keras"
 DENSE_WEIGHTS_FILE = "dense_weights.npz"
 # Optional: every other architecture's layers as NumPy ops (see `anomaly_contract.layer_engine`).
 LAYERS_FILE = "inference_layers.npz"
-OPTIONAL_FILES = (DENSE_WEIGHTS_FILE, LAYERS_FILE)
+# Optional, next to LAYERS_FILE: the same model as an ONNX graph (`anomaly_contract.onnx_engine`).
+ONNX_FILE = "inference.onnx"
+OPTIONAL_FILES = (DENSE_WEIGHTS_FILE, LAYERS_FILE, ONNX_FILE)
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
 DEFAULT_KEEP = 10
@@ -252,8 +255,8 @@ class ModelBundle:
 
     @property
     def inference(self) -> str:
-        """Which path scores: "numpy" or "tensorflow"."""
-        return "numpy" if self.engine is not None else "tensorflow"
+        """Which runtime scores: "numpy", "onnxruntime" or "tensorflow"."""
+        return self.engine.kind if self.engine is not None else "tensorflow"
 
     @property
     def version(self) -> str:

@@ -1,7 +1,8 @@
 """Inference engines for a model version: NumPy, so scoring needs no TensorFlow.
 
 `DenseEngine` runs dense models (and the VAE's mean path); `anomaly_contract.layer_engine`
-runs every other architecture. Both satisfy `Engine`.
+runs every other architecture, and `anomaly_contract.onnx_engine` runs those through ONNX
+Runtime when the version has a graph. All satisfy `Engine`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -20,7 +21,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Engine(Protocol):
-    """What `ModelBundle` needs of an inference engine: flat scaled rows in, float64 out."""
+    """What `ModelBundle` needs of an inference engine: flat scaled rows in, reconstructions
+    out; ``kind`` names the runtime ("numpy", "onnxruntime")."""
+
+    kind: ClassVar[str]
 
     def reconstruct(self, xs: np.ndarray) -> np.ndarray: ...
 
@@ -71,6 +75,7 @@ class DenseEngine:
     are the float32 ones Keras trained, widened exactly; the file keeps them in float32.
     """
 
+    kind: ClassVar[str] = "numpy"
     kernels: list[np.ndarray]  # float64
     biases: list[np.ndarray]  # float64
     activations: list[str]

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class LayerOp:
 class LayerEngine:
     """An autoencoder's forward pass as NumPy ops: ``encoder`` then ``decoder``."""
 
+    kind: ClassVar[str] = "numpy"
     input_shape: tuple[int, ...]
     encoder: list[LayerOp]
     decoder: list[LayerOp]

@@ -45,11 +45,14 @@ def median_ms(call: Callable[[], object], budget_s: float = 0.6, max_calls: int 
     return 1000.0 * float(np.median(times))
 
 
-def onnx_session(model: object, work: Path) -> Callable[[np.ndarray], object] | str:
+def onnx_session(
+    model: object, shape: list[int], work: Path
+) -> Callable[[np.ndarray], object] | str:
     """An ONNX Runtime session of the Keras model, or why there is none."""
     try:
         import onnxruntime as ort
 
+        model(np.zeros((1, *shape), np.float32))  # type: ignore[operator]  # export needs a call
         path = work / "model.onnx"
         model.export(str(path), format="onnx", verbose=False)  # type: ignore[attr-defined]
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -64,7 +67,7 @@ def measure(name: str, work: Path, with_onnx: bool) -> dict:
     fast = load_bundle(model_dir)
     slow = load_version_dir(fast.path, prefer_keras=True)
     shape = fast.manifest.input_shape
-    onnx = onnx_session(slow.model, work / name) if with_onnx else "not run"
+    onnx = onnx_session(slow.model, shape, work / name) if with_onnx else "not run"
     row: dict = {"architecture": name, "numpy": {}, "tensorflow": {}, "onnx": {}}
     if isinstance(onnx, str):
         row["onnx_error"] = onnx

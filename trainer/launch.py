@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 
 # Import names of the `train` extra in pyproject.toml (what trainer modules import).
-TRAINING_MODULES = ("tensorflow", "keras", "sklearn", "pandas", "pyarrow", "matplotlib", "tqdm")
+TRAINING_MODULES = (
+    "tensorflow",
+    "keras",
+    "sklearn",
+    "pandas",
+    "pyarrow",
+    "matplotlib",
+    "tqdm",
+    "tf2onnx",
+)
 EXIT_MISSING_EXTRA = 2
 
 

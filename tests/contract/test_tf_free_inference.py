@@ -8,6 +8,7 @@ the form (published before it existed) still loads through TensorFlow.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -19,9 +20,11 @@ import numpy as np
 import pytest
 
 from anomaly_contract import artifact
+from anomaly_contract.layer_engine import LayerEngine
 from anomaly_contract.model_dir import load_bundle, load_version_dir
 from tests.contract.tf_free_models import (
     ALL_ARCHITECTURES,
+    GRAPH_ARCHITECTURES,
     SERIES_ARCHITECTURES,
     digits_rows,
     machines_series,
@@ -30,12 +33,20 @@ from tests.contract.tf_free_models import (
 
 RTOL, ATOL = 1e-5, 1e-7  # as the round-trip contract: relative 1e-5, absolute floor for ~0 scores
 TRAINING_ONLY = ("tensorflow", "keras", "pandas", "matplotlib", "sklearn")
+ORT_INSTALLED = importlib.util.find_spec("onnxruntime") is not None
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tf-free")
     return {name: publish_architecture(name, root / name) for name in ALL_ARCHITECTURES}
+
+
+def _expected_runtime(name: str) -> str:
+    """Dense-family versions score with NumPy; the others with ONNX Runtime where it is
+    installed (the worker's runtime has it), else with their NumPy layers."""
+    graph = name in GRAPH_ARCHITECTURES
+    return "onnxruntime" if graph and ORT_INSTALLED else "numpy"
 
 
 def _inputs(name: str) -> np.ndarray:
@@ -56,11 +67,28 @@ def _scores(bundle: artifact.ModelBundle, name: str) -> np.ndarray:
 def test_numpy_scores_match_keras(published: dict[str, Path], name: str) -> None:
     fast = load_bundle(published[name])
     slow = load_version_dir(fast.path, prefer_keras=True)
-    assert fast.inference == "numpy" and slow.inference == "tensorflow"
+    assert fast.inference == _expected_runtime(name) and slow.inference == "tensorflow"
     assert {p.name for p in fast.path.iterdir()} & set(artifact.OPTIONAL_FILES)
     expected = _scores(slow, name)
     assert expected.size > 50 and np.isfinite(expected).all()
     np.testing.assert_allclose(_scores(fast, name), expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", GRAPH_ARCHITECTURES)
+def test_numpy_layers_match_keras_where_onnx_serves(published: dict[str, Path], name: str) -> None:
+    """The NumPy layers written next to an ONNX graph (what a worker without onnxruntime
+    runs) score as Keras does too."""
+    version = load_bundle(published[name]).path
+    assert (version / artifact.LAYERS_FILE).is_file()
+    bundle = load_version_dir(version)
+    layers = artifact.ModelBundle(
+        bundle.manifest,
+        bundle.scaler,
+        version,
+        engine=LayerEngine.load(version / artifact.LAYERS_FILE),
+    )
+    slow = load_version_dir(version, prefer_keras=True)
+    np.testing.assert_allclose(_scores(layers, name), _scores(slow, name), rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", ALL_ARCHITECTURES)
@@ -88,6 +116,7 @@ def test_a_version_without_the_numpy_form_loads_through_tensorflow(
     shutil.copytree(published["conv"], old)
     version = load_bundle(old).path
     (version / artifact.LAYERS_FILE).unlink()
+    (version / artifact.ONNX_FILE).unlink(missing_ok=True)
     bundle = load_bundle(old)
     assert bundle.inference == "tensorflow"
     np.testing.assert_allclose(
@@ -144,4 +173,6 @@ def test_worker_scores_every_architecture_without_training_libraries(
     lines = run.stdout.strip().splitlines()
     assert lines[-1] == "imported: []", run.stdout
     assert sorted(line.split()[0] for line in lines[:-1]) == sorted(published)
-    assert all(line.split()[1] == "numpy" for line in lines[:-1])
+    assert {line.split()[0]: line.split()[1] for line in lines[:-1]} == {
+        name: _expected_runtime(name) for name in published
+    }

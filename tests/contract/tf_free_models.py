@@ -43,6 +43,8 @@ SERIES_ARCHITECTURES: dict[str, FitOptions] = {
     "windowed-dense": replace(_QUICK, architecture="dense", hidden=(16,), latent=4),
 }
 ALL_ARCHITECTURES = [*POINT_ARCHITECTURES, *SERIES_ARCHITECTURES]
+# Published with NumPy layers and an ONNX graph (the dense family has dense weights only).
+GRAPH_ARCHITECTURES = ["conv", "denoising-conv-bce", "sparse-conv", "lstm", "conv1d"]
 
 
 def digits_rows() -> tuple[np.ndarray, list[str]]:

@@ -16,12 +16,17 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from deploy_helpers import ROOT, build_copies, instructions, named_stage, stages
 
-from tests.contract.tf_free_models import ALL_ARCHITECTURES, publish_architecture
+from tests.contract.tf_free_models import (
+    ALL_ARCHITECTURES,
+    GRAPH_ARCHITECTURES,
+    publish_architecture,
+)
 
 DOCKERFILE = ROOT / "Dockerfile"
 # The worker's runtime without TensorFlow (issue 14: from 1,581 MiB); the trainer's holds
@@ -72,8 +77,8 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return src
 
 
-def _replay(build_stage: str, context: Path, venv: Path) -> Path:
-    """Run the one RUN of ``build_stage`` with /src and /opt/venv pointing at the test's."""
+def _start_install(build_stage: str, context: Path, venv: Path) -> subprocess.Popen[str]:
+    """Start the one RUN of ``build_stage`` with /src and /opt/venv pointing at the test's."""
     runs = [a for k, a in named_stage(DOCKERFILE.read_text(), build_stage) if k == "RUN"]
     assert len(runs) == 1, f"{build_stage}: one RUN expected, got {runs}"
     words = shlex.split(runs[0])
@@ -82,25 +87,43 @@ def _replay(build_stage: str, context: Path, venv: Path) -> Path:
     env.pop("PIP_NO_CACHE_DIR", None)  # reuse pip's wheel cache here; the image build does not
     env.pop("PYTHONPATH", None)
     script = ROOT / "deploy" / "tools" / "image-install.sh"
-    proc = subprocess.run(
-        [str(script), str(context), str(venv), *words[3:]],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(venv.parent / f"{venv.name}.log", "w") as log:  # a file: a full pipe would block
+        return subprocess.Popen(
+            [str(script), str(context), str(venv), *words[3:]],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def _finish_install(proc: subprocess.Popen[str], venv: Path) -> Path:
+    proc.wait(timeout=840)
+    output = (venv.parent / f"{venv.name}.log").read_text()
+    assert proc.returncode == 0, output[-4000:]
     return venv
 
 
 @pytest.fixture(scope="module")
-def worker_venv(context: Path) -> Path:
-    return _replay("build-worker", context, context.parent / "worker-venv")
+def trainer_install(context: Path) -> Iterator[subprocess.Popen[str]]:
+    """The trainer's install, started first: it downloads and unpacks TensorFlow while the
+    worker's tests run (pip is mostly waiting on I/O)."""
+    proc = _start_install("build-trainer", context, context.parent / "trainer-venv")
+    yield proc
+    if proc.poll() is None:  # a failed test left it running
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
-def trainer_venv(context: Path) -> Path:
-    return _replay("build-trainer", context, context.parent / "trainer-venv")
+def worker_venv(context: Path, trainer_install: subprocess.Popen[str]) -> Path:
+    venv = context.parent / "worker-venv"
+    return _finish_install(_start_install("build-worker", context, venv), venv)
+
+
+@pytest.fixture(scope="module")
+def trainer_venv(context: Path, trainer_install: subprocess.Popen[str]) -> Path:
+    return _finish_install(trainer_install, context.parent / "trainer-venv")
 
 
 def _runtime_env(venv: Path, target: str) -> dict[str, str]:
@@ -129,6 +152,45 @@ def test_worker_install_is_the_runtime_only_within_budget(worker_venv: Path) -> 
     assert present == [], f"training-only packages in the worker install: {present}"
     assert not (worker_venv / "bin" / "pip").exists(), "no installer in the runtime"
     assert size <= WORKER_SITE_PACKAGES_MB
+
+
+_SCORE_EVERY_VERSION = """
+import json, sys
+import numpy as np
+import worker.cli
+from anomaly_contract.model_dir import load_bundle
+out = {}
+for name, model_dir in json.loads(sys.argv[1]).items():
+    bundle = load_bundle(model_dir)
+    bundle.warm_up()
+    m = bundle.manifest
+    if m.series is None:
+        scores = bundle.score(np.full((5, m.n_features), 0.5)).scores
+    else:
+        windows = np.random.default_rng(0).normal(size=(5, m.series.window, m.n_features))
+        keys = list(bundle.series.normaliser.trained_keys())[:1] * 5
+        scores = bundle.series.score_windows(windows, keys).scores
+    out[name] = [bundle.inference, bool(np.isfinite(scores).all())]
+training = %r
+out["imported"] = sorted(m for m in training if m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def test_worker_install_scores_every_architecture_without_tensorflow(
+    worker_venv: Path, tmp_path: Path
+) -> None:
+    # Published by this test process's trainer (the dev environment has the training extra).
+    dirs = {name: str(publish_architecture(name, tmp_path / name)) for name in ALL_ARCHITECTURES}
+    code = _SCORE_EVERY_VERSION % (TRAINING_ONLY,)
+    proc = _run(worker_venv, "worker", "python", "-c", code, json.dumps(dirs), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result.pop("imported") == []
+    assert result == {
+        name: ["onnxruntime" if name in GRAPH_ARCHITECTURES else "numpy", True]
+        for name in ALL_ARCHITECTURES
+    }
 
 
 def test_trainer_install_within_budget(trainer_venv: Path) -> None:
@@ -166,42 +228,6 @@ def test_console_scripts_and_the_missing_extra(
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "kafka-anomaly[train]" in lines[0], refused.stderr
-
-
-_SCORE_EVERY_VERSION = """
-import json, sys
-import numpy as np
-import worker.cli
-from anomaly_contract.model_dir import load_bundle
-out = {}
-for name, model_dir in json.loads(sys.argv[1]).items():
-    bundle = load_bundle(model_dir)
-    bundle.warm_up()
-    m = bundle.manifest
-    if m.series is None:
-        scores = bundle.score(np.full((5, m.n_features), 0.5)).scores
-    else:
-        windows = np.random.default_rng(0).normal(size=(5, m.series.window, m.n_features))
-        keys = list(bundle.series.normaliser.trained_keys())[:1] * 5
-        scores = bundle.series.score_windows(windows, keys).scores
-    out[name] = [bundle.inference, bool(np.isfinite(scores).all())]
-training = %r
-out["imported"] = sorted(m for m in training if m in sys.modules)
-print(json.dumps(out))
-"""
-
-
-def test_worker_install_scores_every_architecture_without_tensorflow(
-    worker_venv: Path, tmp_path: Path
-) -> None:
-    # Published by this test process's trainer (the dev environment has the training extra).
-    dirs = {name: str(publish_architecture(name, tmp_path / name)) for name in ALL_ARCHITECTURES}
-    code = _SCORE_EVERY_VERSION % (TRAINING_ONLY,)
-    proc = _run(worker_venv, "worker", "python", "-c", code, json.dumps(dirs), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result.pop("imported") == []
-    assert result == {name: ["numpy", True] for name in ALL_ARCHITECTURES}
 
 
 def test_trainer_fits_and_the_worker_serves_it_and_passes_its_healthcheck(
