@@ -1,6 +1,6 @@
-"""Inference time per architecture and batch size: the NumPy engine the worker runs, Keras
-through the traced tf.function (versions without a NumPy form), and ONNX Runtime when it is
-importable (``--onnx``: Keras 3's ``model.export(format="onnx")``, which needs tf2onnx).
+"""Inference time per architecture and batch size: the version's NumPy engine, Keras through
+the traced tf.function (versions without a NumPy form), and ONNX Runtime (``--onnx``) on the
+version's graph (conv, lstm, conv1d) or, for the dense family, on a graph exported here.
 
 Each architecture is the small model of the TensorFlow-free contract tests
 (`tests/contract/tf_free_models.py`, two epochs: speed does not depend on training). Times are
@@ -28,7 +28,11 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from anomaly_contract import artifact  # noqa: E402
+from anomaly_contract.engines import DenseEngine  # noqa: E402
+from anomaly_contract.layer_engine import LayerEngine  # noqa: E402
 from anomaly_contract.model_dir import load_bundle, load_version_dir  # noqa: E402
+from anomaly_contract.onnx_engine import export_onnx  # noqa: E402
 from tests.contract.tf_free_models import ALL_ARCHITECTURES, publish_architecture  # noqa: E402
 
 BATCHES = (1, 100, 1000)
@@ -45,36 +49,42 @@ def median_ms(call: Callable[[], object], budget_s: float = 0.6, max_calls: int 
     return 1000.0 * float(np.median(times))
 
 
-def onnx_session(
-    model: object, shape: list[int], work: Path
-) -> Callable[[np.ndarray], object] | str:
-    """An ONNX Runtime session of the Keras model, or why there is none."""
-    try:
-        import onnxruntime as ort
+def numpy_engine(version: Path) -> DenseEngine | LayerEngine:
+    """The version's NumPy engine, whichever other forms it has."""
+    if (version / artifact.DENSE_WEIGHTS_FILE).is_file():
+        return DenseEngine.load(version / artifact.DENSE_WEIGHTS_FILE)
+    return LayerEngine.load(version / artifact.LAYERS_FILE)
 
-        model(np.zeros((1, *shape), np.float32))  # type: ignore[operator]  # export needs a call
-        path = work / "model.onnx"
-        model.export(str(path), format="onnx", verbose=False)  # type: ignore[attr-defined]
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # export and runtime raise many types
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+
+def onnx_runner(version: Path, model: object, work: Path) -> Callable[[np.ndarray], object] | str:
+    """ONNX Runtime on the version's graph (or, for the dense family, which publishes none, on
+    an export made here the same way); the reason when there is none."""
+    import onnxruntime as ort
+
+    graph = version / artifact.ONNX_FILE
+    if not graph.is_file():
+        graph = work / "model.onnx"
+        if not export_onnx(model, graph):  # type: ignore[arg-type]
+            return "export failed"
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})
 
 
 def measure(name: str, work: Path, with_onnx: bool) -> dict:
     model_dir = publish_architecture(name, work / name)
-    fast = load_bundle(model_dir)
-    slow = load_version_dir(fast.path, prefer_keras=True)
-    shape = fast.manifest.input_shape
-    onnx = onnx_session(slow.model, shape, work / name) if with_onnx else "not run"
+    version = load_bundle(model_dir).path
+    slow = load_version_dir(version, prefer_keras=True)
+    engine = numpy_engine(version)
+    shape = slow.manifest.input_shape
+    onnx = onnx_runner(version, slow.model, work / name) if with_onnx else "not run"
     row: dict = {"architecture": name, "numpy": {}, "tensorflow": {}, "onnx": {}}
     if isinstance(onnx, str):
         row["onnx_error"] = onnx
     rng = np.random.default_rng(0)
     for batch in BATCHES:
-        flat = rng.normal(size=(batch, fast.manifest.input_size)).astype(np.float32)
-        row["numpy"][batch] = median_ms(lambda flat=flat: fast.reconstruct_scaled(flat))
+        flat = rng.normal(size=(batch, slow.manifest.input_size)).astype(np.float32)
+        row["numpy"][batch] = median_ms(lambda flat=flat: engine.reconstruct(flat))
         row["tensorflow"][batch] = median_ms(lambda flat=flat: slow.reconstruct_scaled(flat))
         if not isinstance(onnx, str):
             shaped = flat.reshape(batch, *shape)

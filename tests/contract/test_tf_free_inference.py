@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly_contract import artifact
+from anomaly_contract import artifact, model_dir
+from anomaly_contract.errors import ArtifactError
 from anomaly_contract.layer_engine import LayerEngine
 from anomaly_contract.model_dir import load_bundle, load_version_dir
 from tests.contract.tf_free_models import (
@@ -110,7 +111,7 @@ def test_numpy_codes_and_decodings_match_keras(published: dict[str, Path], name:
 
 
 def test_a_version_without_the_numpy_form_loads_through_tensorflow(
-    published: dict[str, Path], tmp_path: Path
+    published: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = tmp_path / "old"
     shutil.copytree(published["conv"], old)
@@ -125,6 +126,13 @@ def test_a_version_without_the_numpy_form_loads_through_tensorflow(
         rtol=RTOL,
         atol=ATOL,
     )
+    # Where TensorFlow is not installed (the worker image): one line naming the missing form.
+    monkeypatch.setattr(model_dir, "tensorflow_installed", lambda: False)
+    with pytest.raises(ArtifactError) as refused:
+        load_bundle(old)
+    message = str(refused.value)
+    assert "\n" not in message and artifact.LAYERS_FILE in message
+    assert "kafka-anomaly[train]" in message
 
 
 _WORKER_SCORING = textwrap.dedent(
