@@ -66,6 +66,9 @@ class OnnxEngine:
             return None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's warnings are not the worker's log
+        # Idle pool threads sleep instead of spinning: spinning took the CPUs kafka-python's
+        # I/O thread needs (as OpenBLAS's did, see worker/__init__.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
