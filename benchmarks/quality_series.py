@@ -113,8 +113,17 @@ def windowed(run: Run, architecture: str) -> Scores:
     with tempfile.TemporaryDirectory() as model_dir:
         bundle = load_bundle(model_dir, publish_model(trained, model_dir))
         result = bundle.series.score_rows(run.data.x, run.data.keys, run.data.times)
-    pooled = result.scores / bundle.series.thresholds.pooled
-    return Scores(result.scores / result.thresholds, seconds, {"one pooled threshold": pooled})
+    thresholds = bundle.series.thresholds
+    # Per-key thresholds from fewer calibration windows than the default minimum (which keys
+    # with 1,400 fit ticks do not reach): the calibration errors come in `split_series` order.
+    parts = split_series(run.fit_data, run.window, options)
+    calibration_keys = parts.index.key_names[parts.index.window_keys[parts.calibration]]
+    own = fit_key_thresholds(trained.calibration_errors, calibration_keys, 99.0, min_windows=50)
+    variants = {
+        "one pooled threshold": result.scores / thresholds.pooled,
+        "per-key thresholds from >= 50 windows": result.scores / own.thresholds_for(result.keys),
+    }
+    return Scores(result.scores / result.thresholds, seconds, variants)
 
 
 def point_model(run: Run) -> Scores:
