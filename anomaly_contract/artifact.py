@@ -5,7 +5,9 @@ A version directory holds::
     manifest.json         # strict, format-versioned (see `Manifest`)
     scaler.json           # feature scaling fitted on training rows only
     model.keras           # the Keras autoencoder (sub-models "encoder" and "decoder")
-    dense_weights.npz     # optional: the same weights as plain arrays, for NumPy scoring
+    dense_weights.npz     # optional: a dense model's weights as plain arrays, for NumPy scoring
+    inference_layers.npz  # optional: any other model's layers as NumPy ops (`LayerEngine`)
+    inference.onnx        # optional: the same model for ONNX Runtime (`OnnxEngine`)
 
 `ModelBundle` is a loaded version: it scales, reconstructs and scores. How versions are laid out
 in a model directory and published atomically lives in `anomaly_contract.model_dir`.
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from anomaly_contract.engines import DenseEngine, load_keras_model
+from anomaly_contract.engines import Engine, load_keras_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -37,7 +39,11 @@ MODEL_FILE = "model.keras"
 # Optional: the same weights as plain arrays for dense models, so readers can score with NumPy
 # alone (no TensorFlow import: the worker starts in ~1 s and stays ~5x smaller in memory).
 DENSE_WEIGHTS_FILE = "dense_weights.npz"
-OPTIONAL_FILES = (DENSE_WEIGHTS_FILE,)
+# Optional: every other architecture's layers as NumPy ops (see `anomaly_contract.layer_engine`).
+LAYERS_FILE = "inference_layers.npz"
+# Optional, next to LAYERS_FILE: the same model as an ONNX graph (`anomaly_contract.onnx_engine`).
+ONNX_FILE = "inference.onnx"
+OPTIONAL_FILES = (DENSE_WEIGHTS_FILE, LAYERS_FILE, ONNX_FILE)
 CURRENT_FILE = "CURRENT"
 VERSIONS_DIR = "versions"
 DEFAULT_KEEP = 10
@@ -225,15 +231,16 @@ class ScoreResult:
 class ModelBundle:
     """A published version, loaded: manifest, scaler and the fastest sound inference path.
 
-    Dense models score with `DenseEngine` (NumPy only; TensorFlow is never imported). Other
-    models use the Keras model through a traced tf.function. The Keras model itself is loaded
-    on first use of `model`, `encoder` or `decoder` when the engine makes it unnecessary.
+    Versions with a NumPy inference form score with it (`DenseEngine` for dense models,
+    `LayerEngine` for the others; TensorFlow is never imported). Older versions without one use
+    the Keras model through a traced tf.function. The Keras model itself is loaded on first use
+    of `model`, `encoder` or `decoder` when the engine makes it unnecessary.
     """
 
     manifest: Manifest
     scaler: Scaler
     path: Path
-    engine: DenseEngine | None = None
+    engine: Engine | None = None
     _model: Any = field(default=None, repr=False)
     _infer: Any = field(default=None, repr=False)
     _series: Any = field(default=None, repr=False)
@@ -248,8 +255,8 @@ class ModelBundle:
 
     @property
     def inference(self) -> str:
-        """Which path scores: "numpy" or "tensorflow"."""
-        return "numpy" if self.engine is not None else "tensorflow"
+        """Which runtime scores: "numpy", "onnxruntime" or "tensorflow"."""
+        return self.engine.kind if self.engine is not None else "tensorflow"
 
     @property
     def version(self) -> str:

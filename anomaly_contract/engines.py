@@ -1,11 +1,16 @@
-"""Inference engines for a model version: NumPy for dense models, so scoring needs no TensorFlow."""
+"""Inference engines for a model version: NumPy, so scoring needs no TensorFlow.
+
+`DenseEngine` runs dense models (and the VAE's mean path); `anomaly_contract.layer_engine`
+runs every other architecture, and `anomaly_contract.onnx_engine` runs those through ONNX
+Runtime when the version has a graph. All satisfy `Engine`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -13,6 +18,19 @@ from anomaly_contract.errors import ArtifactError
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
+
+
+class Engine(Protocol):
+    """What `ModelBundle` needs of an inference engine: flat scaled rows in, reconstructions
+    out; ``kind`` names the runtime ("numpy", "onnxruntime")."""
+
+    kind: ClassVar[str]
+
+    def reconstruct(self, xs: np.ndarray) -> np.ndarray: ...
+
+    def encode(self, xs: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, z: np.ndarray) -> np.ndarray: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -28,7 +46,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-_ACTIVATIONS: dict[str, Any] = {
+ACTIVATIONS: dict[str, Any] = {
     "linear": None,
     "relu": lambda x: np.maximum(x, 0, out=x),
     "tanh": lambda x: np.tanh(x, out=x),
@@ -36,7 +54,13 @@ _ACTIVATIONS: dict[str, Any] = {
     "sigmoid": _sigmoid,
 }
 # Layers that are the identity at inference time.
-_INFERENCE_IDENTITY = {"InputLayer", "GaussianNoise", "GaussianDropout", "Dropout"}
+INFERENCE_IDENTITY = {
+    "InputLayer",
+    "GaussianNoise",
+    "GaussianDropout",
+    "Dropout",
+    "ActivityRegularization",
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,7 @@ class DenseEngine:
     are the float32 ones Keras trained, widened exactly; the file keeps them in float32.
     """
 
+    kind: ClassVar[str] = "numpy"
     kernels: list[np.ndarray]  # float64
     biases: list[np.ndarray]  # float64
     activations: list[str]
@@ -66,7 +91,7 @@ class DenseEngine:
         for i in layers:
             h = h @ self.kernels[i]
             h += self.biases[i]
-            fn = _ACTIVATIONS[self.activations[i]]
+            fn = ACTIVATIONS[self.activations[i]]
             if fn is not None:
                 h = fn(h)
         return h
@@ -85,7 +110,7 @@ class DenseEngine:
     @classmethod
     def from_keras(cls, model: keras.Model) -> DenseEngine | None:
         """Extract the weights when every layer is Dense (or inference-time identity); else None."""
-        parts = [layer for layer in model.layers if type(layer).__name__ not in _INFERENCE_IDENTITY]
+        parts = [layer for layer in model.layers if type(layer).__name__ not in INFERENCE_IDENTITY]
         if [p.name for p in parts] != ["encoder", "decoder"]:
             return None
         kernels, biases, acts = [], [], []
@@ -93,14 +118,14 @@ class DenseEngine:
         for part in parts:
             for layer in part.layers:
                 kind = type(layer).__name__
-                if kind in _INFERENCE_IDENTITY:
+                if kind in INFERENCE_IDENTITY:
                     continue
                 if kind == "GaussianCode":  # a VAE's code: its mean branch at inference
                     layer = layer.mean
                 elif kind != "Dense":
                     return None
                 act = layer.get_config().get("activation")
-                if not isinstance(act, str) or act not in _ACTIVATIONS:
+                if not isinstance(act, str) or act not in ACTIVATIONS:
                     return None
                 weights = layer.get_weights()
                 kernel = np.asarray(weights[0], np.float64)
@@ -134,7 +159,7 @@ class DenseEngine:
             kernels = [z[f"kernel_{i}"].astype(np.float64) for i in range(n)]
             biases = [z[f"bias_{i}"].astype(np.float64) for i in range(n)]
             n_encoder = int(z["n_encoder"])
-        unknown = set(acts) - set(_ACTIVATIONS)
+        unknown = set(acts) - set(ACTIVATIONS)
         if unknown:
             raise ArtifactError(f"{path}: unsupported activations {sorted(unknown)}")
         for i in range(1, n):

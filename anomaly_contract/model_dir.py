@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pydantic import ValidationError
 
 from anomaly_contract.artifact import (
@@ -33,8 +34,10 @@ from anomaly_contract.artifact import (
     DEFAULT_KEEP,
     DENSE_WEIGHTS_FILE,
     FORMAT_VERSION,
+    LAYERS_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    ONNX_FILE,
     SCALER_FILE,
     VERSIONS_DIR,
     Manifest,
@@ -42,8 +45,10 @@ from anomaly_contract.artifact import (
     Scaler,
     ScalerParams,
 )
-from anomaly_contract.engines import DenseEngine, check_zip, load_keras_model
+from anomaly_contract.engines import DenseEngine, Engine, check_zip, load_keras_model
 from anomaly_contract.errors import ArtifactError, VersionNotFoundError
+from anomaly_contract.layer_engine import LayerEngine
+from anomaly_contract.onnx_engine import OnnxEngine, export_onnx
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -135,9 +140,11 @@ def list_versions(model_dir: str | os.PathLike[str]) -> list[VersionInfo]:
 
 
 def load_version_dir(path: str | os.PathLike[str], *, prefer_keras: bool = False) -> ModelBundle:
-    """Load one version directory (manifest, scaler, and the NumPy engine or the Keras model).
+    """Load one version directory (manifest, scaler, and its NumPy engine or the Keras model).
 
-    ``prefer_keras`` scores through TensorFlow even when NumPy weights exist (for comparisons).
+    ``prefer_keras`` scores through TensorFlow even when a NumPy form exists (for comparisons).
+    A version without a NumPy form (published before it existed) needs TensorFlow; without it
+    the load is refused in one line naming the missing form.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -151,22 +158,72 @@ def load_version_dir(path: str | os.PathLike[str], *, prefer_keras: bool = False
         raise ArtifactError(
             f"{path}: scaler has {len(scaler.offset)} features, manifest {manifest.n_features}"
         )
-    engine = None
-    if (path / DENSE_WEIGHTS_FILE).is_file() and not prefer_keras:
-        check_zip(path / DENSE_WEIGHTS_FILE)
-        check_zip(path / MODEL_FILE)
-        try:
-            engine = DenseEngine.load(path / DENSE_WEIGHTS_FILE)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ArtifactError(f"{path / DENSE_WEIGHTS_FILE} cannot be loaded: {exc}") from exc
-        dims = (engine.kernels[0].shape[0], engine.kernels[-1].shape[1])
-        if dims != (manifest.input_size, manifest.input_size):
-            raise ArtifactError(
-                f"{path}: dense weights map {dims}, manifest inputs hold {manifest.input_size}"
-            )
+    engine = None if prefer_keras else load_engine(path, manifest)
+    if engine is not None:
         return ModelBundle(manifest=manifest, scaler=scaler, path=path, engine=engine)
+    if not prefer_keras and not tensorflow_installed():
+        raise ArtifactError(
+            f"{path} has no NumPy inference form ({DENSE_WEIGHTS_FILE} or {LAYERS_FILE}) and "
+            "TensorFlow is not installed: republish it with a current anomaly-trainer, or "
+            "install kafka-anomaly[train]"
+        )
     model = load_keras_model(path / MODEL_FILE, manifest.input_shape)
     return ModelBundle(manifest=manifest, scaler=scaler, path=path, _model=model)
+
+
+def tensorflow_installed() -> bool:
+    """Whether Keras and TensorFlow can be imported here (without importing them)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("keras", "tensorflow"))
+
+
+def load_engine(path: Path, manifest: Manifest) -> Engine | None:
+    """The version's NumPy engine, checked against its manifest; None when it has none."""
+    engine: Engine
+    if (path / DENSE_WEIGHTS_FILE).is_file():
+        form = path / DENSE_WEIGHTS_FILE
+        check_zip(form)
+        try:
+            engine = DenseEngine.load(form)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"{form} cannot be loaded: {exc}") from exc
+    elif (path / LAYERS_FILE).is_file():
+        form = path / LAYERS_FILE
+        check_zip(form)
+        layers = LayerEngine.load(form)
+        graph = OnnxEngine.load(path / ONNX_FILE, layers) if (path / ONNX_FILE).is_file() else None
+        engine = layers if graph is None else graph
+        if graph is not None:
+            _check_engine_shapes(layers, manifest, form)
+            form = path / ONNX_FILE
+    else:
+        return None
+    if (path / MODEL_FILE).exists():
+        check_zip(path / MODEL_FILE)
+    _check_engine_shapes(engine, manifest, form)
+    return engine
+
+
+def _check_engine_shapes(engine: Engine, manifest: Manifest, form: Path) -> None:
+    """One row through the engine: it must map the manifest's inputs onto themselves and
+    encode to ``latent_dim`` values (a mismatched file fails here, not on the first record)."""
+    probe = np.zeros((1, manifest.input_size), dtype=np.float64)
+    try:
+        rec = engine.reconstruct(probe)
+        codes = engine.encode(probe)
+    except (ValueError, IndexError) as exc:
+        raise ArtifactError(f"{form} does not fit the manifest's inputs: {exc}") from exc
+    if rec.shape != (1, manifest.input_size):
+        raise ArtifactError(
+            f"{form} maps {manifest.input_size} inputs to {rec.shape[1]} outputs, "
+            f"manifest inputs hold {manifest.input_size}"
+        )
+    if codes.reshape(1, -1).shape[1] != manifest.latent_dim:
+        raise ArtifactError(
+            f"{form} encodes to {codes.reshape(1, -1).shape[1]} values, "
+            f"manifest latent_dim is {manifest.latent_dim}"
+        )
 
 
 def load_bundle(model_dir: str | os.PathLike[str], version: str | None = None) -> ModelBundle:
@@ -262,9 +319,14 @@ def write_version_files(
 ) -> None:
     """Write the files of a version into ``staging`` (manifest last)."""
     model.save(staging / MODEL_FILE)
-    engine = DenseEngine.from_keras(model)
-    if engine is not None:
-        engine.save(staging / DENSE_WEIGHTS_FILE)
+    dense = DenseEngine.from_keras(model)
+    if dense is not None:
+        dense.save(staging / DENSE_WEIGHTS_FILE)
+    else:
+        layers = LayerEngine.from_keras(model)
+        if layers is not None:
+            layers.save(staging / LAYERS_FILE)
+            export_onnx(model, staging / ONNX_FILE)  # faster where it runs (see the README)
     (staging / SCALER_FILE).write_text(scaler.to_params().model_dump_json(indent=2))
     (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
 

@@ -27,7 +27,7 @@ if [ ! -f "$stamp" ]; then
     echo "bootstrap: creating virtual environment in $VENV"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e ".[dev]"
+    "$VENV/bin/pip" install -q -e ".[train,dev]"
     touch "$stamp"
 fi
 

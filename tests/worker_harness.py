@@ -101,7 +101,9 @@ def worker_env(
     }
     env.update({f"ANOMALY_{k.upper()}": str(v) for k, v in values.items()})
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = str(REPO)
+    # This checkout first; entries the caller had stay after it (an extra library directory).
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *(p for p in inherited if p != str(REPO))])
     return env
 
 

@@ -3,15 +3,22 @@
 # The Dockerfile's build stage runs exactly this; tests/deploy/test_image_install.py runs it too,
 # so "the image installs and starts" is tested without a Docker engine.
 #
-# usage: image-install.sh SOURCE_DIR VENV_DIR
+# usage: image-install.sh SOURCE_DIR VENV_DIR [EXTRAS]
+#   no EXTRAS: the worker's runtime only (the base distribution); "train": the trainer's too.
 set -eu
-src=${1:?usage: image-install.sh SOURCE_DIR VENV_DIR}
-venv=${2:?usage: image-install.sh SOURCE_DIR VENV_DIR}
+usage="usage: image-install.sh SOURCE_DIR VENV_DIR [EXTRAS]"
+src=${1:?$usage}
+venv=${2:?$usage}
+extras=${3:-}
 python=${PYTHON:-python3}
 
 "$python" -m venv "$venv"
 # The project's own dependency list (pyproject.toml) is the only source of versions.
-"$venv/bin/python" -m pip install --no-warn-script-location "$src"
+if [ -n "$extras" ]; then
+    "$venv/bin/python" -m pip install --no-warn-script-location "$src[$extras]"
+else
+    "$venv/bin/python" -m pip install --no-warn-script-location "$src"
+fi
 
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # C/C++ headers for building TensorFlow custom ops (~290 MB) and the packages' own test suites
@@ -24,4 +31,7 @@ done
 rm -rf "$site/pyarrow/include"
 # libclang (62 MB) is a TensorFlow requirement that only its source-generation tools use.
 # The runtime installs nothing: drop the installer itself last.
-"$venv/bin/python" -m pip uninstall --yes --quiet libclang pip
+if "$venv/bin/python" -m pip show --quiet libclang 2>/dev/null; then
+    "$venv/bin/python" -m pip uninstall --yes --quiet libclang
+fi
+"$venv/bin/python" -m pip uninstall --yes --quiet pip

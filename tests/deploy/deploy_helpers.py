@@ -87,6 +87,15 @@ def stages(text: str) -> list[list[tuple[str, str]]]:
     return result
 
 
+def named_stage(text: str, name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage ``FROM ... AS name`` (a build target)."""
+    for stage in stages(text):
+        words = stage[0][1].split()
+        if len(words) == 3 and words[1].upper() == "AS" and words[2] == name:
+            return stage
+    pytest.fail(f"the Dockerfile has no stage named {name!r}")
+
+
 def build_copies(text: str) -> list[tuple[list[str], str]]:
     """(sources, destination) of the build stage's COPY instructions from the context."""
     copies = []

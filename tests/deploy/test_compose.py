@@ -117,3 +117,15 @@ def test_commands_use_flags_the_programs_accept(compose: dict[str, Any]) -> None
     fit_help = run([str(trainer), "fit", "--help"]).stdout
     for flag in re.findall(r"--[a-z][a-z-]+", services["trainer"]["command"][-1]):
         assert flag in fit_help, f"anomaly-trainer fit has no {flag}"
+
+
+def test_each_service_runs_the_image_target_it_needs(compose: dict[str, Any]) -> None:
+    """The worker's image has no TensorFlow; the trainer and the demo producer (synthetic data
+    from trainer code) use the trainer's."""
+    services = compose["services"]
+    targets = {
+        name: services[name]["build"]["target"] for name in ("worker", "trainer", "producer")
+    }
+    assert targets == {"worker": "worker", "trainer": "trainer", "producer": "trainer"}
+    assert services["worker"]["image"].startswith("kafka-anomaly-worker:")
+    assert services["trainer"]["image"].startswith("kafka-anomaly-trainer:")

@@ -9,7 +9,15 @@ import re
 from fnmatch import fnmatch
 from pathlib import Path
 
-from deploy_helpers import ROOT, build_copies, instructions, require_tool, run, stages
+from deploy_helpers import (
+    ROOT,
+    build_copies,
+    instructions,
+    named_stage,
+    require_tool,
+    run,
+    stages,
+)
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -37,30 +45,52 @@ def test_hadolint_finds_nothing_at_info_level() -> None:
     assert [f for f in findings if f["level"] in {"error", "warning", "info"}] == []
 
 
-def test_multi_stage_slim_non_root_with_healthcheck() -> None:
+def test_multi_stage_slim_bases() -> None:
     text = DOCKERFILE.read_text()
     all_stages = stages(text)
-    assert len(all_stages) >= 2, "build and runtime stages"
+    assert len(all_stages) >= 4, "build stages and the worker and trainer targets"
     args = dict(
         a.split("=", 1) for k, a in instructions(text) if k == "ARG" and "=" in a
     )  # base image arguments
     for stage in all_stages:
         base = stage[0][1].split()[0]
         base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
+        if base in {"build", "runtime"}:
+            continue  # a stage of this file
         assert "slim" in base and ":" in base, f"unpinned or non-slim base {base}"
-    runtime = all_stages[-1]
-    keywords = [k for k, _ in runtime]
-    users = [a for k, a in runtime if k == "USER"]
-    assert users and users[-1].split(":")[0] not in {"root", "0"}, "runtime must not run as root"
+
+
+def _non_root_with_venv_from(target: list[tuple[str, str]], build_stage: str) -> None:
+    keywords = [k for k, _ in target]
+    users = [a for k, a in target if k == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, "must not run as root"
     assert users[-1].split(":")[0].isdigit(), "numeric UID so runAsNonRoot can verify it"
-    assert any(k == "COPY" and "--from=build" in a for k, a in runtime), "venv from build stage"
-    health = [a for k, a in runtime if k == "HEALTHCHECK"]
-    assert len(health) == 1 and "/healthz" in health[0] and '"python"' in health[0]
+    assert any(k == "COPY" and f"--from={build_stage} " in a for k, a in target), build_stage
     assert keywords.index("USER") < keywords.index("CMD")
-    cmd = json.loads([a for k, a in runtime if k == "CMD"][-1])
-    assert cmd == ["anomaly-worker"], "the worker is the default command"
-    env = " ".join(a for k, a in runtime if k == "ENV")
-    assert "PATH=/opt/venv/bin" in env, "both console scripts on PATH"
+
+
+def test_worker_target_is_the_default_non_root_with_healthcheck() -> None:
+    text = DOCKERFILE.read_text()
+    worker = named_stage(text, "worker")
+    assert stages(text)[-1] == worker, "worker is the last stage: the default `docker build`"
+    _non_root_with_venv_from(worker, "build-worker")
+    health = [a for k, a in worker if k == "HEALTHCHECK"]
+    assert len(health) == 1 and "/healthz" in health[0] and '"python"' in health[0]
+    cmd = json.loads([a for k, a in worker if k == "CMD"][-1])
+    assert cmd == ["anomaly-worker"]
+    run_args = [a for k, a in named_stage(text, "build-worker") if k == "RUN"]
+    assert run_args == ["image-install.sh /src /opt/venv"], "the base distribution only"
+    env = " ".join(a for k, a in named_stage(text, "runtime") if k == "ENV")
+    assert "PATH=/opt/venv/bin" in env, "the console scripts on PATH"
+
+
+def test_trainer_target_adds_the_training_extra() -> None:
+    text = DOCKERFILE.read_text()
+    trainer = named_stage(text, "trainer")
+    _non_root_with_venv_from(trainer, "build-trainer")
+    assert [a for k, a in trainer if k == "HEALTHCHECK"] == ["NONE"], "a job serves nothing"
+    run_args = [a for k, a in named_stage(text, "build-trainer") if k == "RUN"]
+    assert run_args == ["image-install.sh /src /opt/venv train"]
 
 
 def test_build_context_holds_what_the_build_copies_and_nothing_else() -> None:

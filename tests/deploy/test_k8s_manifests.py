@@ -68,6 +68,7 @@ def test_worker_deployment_is_production_shaped(rendered: list[dict[str, Any]]) 
     assert matches(deployment["spec"]["selector"]["matchLabels"], labels)
     (container,) = pod["containers"]
     assert container["command"] == ["anomaly-worker"]
+    assert container["image"].split(":")[0].endswith("kafka-anomaly-worker"), "no TensorFlow"
     port = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
     assert port == 8000
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -143,6 +144,7 @@ def test_service_pdb_and_trainer_select_the_right_pods(rendered: list[dict[str, 
     worker_selector = deployment["spec"]["selector"]["matchLabels"]
     for template in (job["spec"]["template"], cron["spec"]["jobTemplate"]["spec"]["template"]):
         (container,) = template["spec"]["containers"]
+        assert container["image"].split(":")[0].endswith("kafka-anomaly-trainer")
         assert "anomaly-trainer" in " ".join(container["command"] + container.get("args", []))
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/models", "/tmp"}
