@@ -107,7 +107,9 @@ def _env() -> dict[str, str]:
 def test_a_terminal_gets_a_redrawn_bar(data_csv: Path, tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        _fit_command(data_csv, tmp_path / "m", *HOLDOUT),
+        # 300 epochs (the later flags win): 30 can all end within the bar's 1 s delay on a fast
+        # machine once the first epoch's tracing is done, and then no bar is drawn at all
+        _fit_command(data_csv, tmp_path / "m", *HOLDOUT, "--epochs", "300", "--patience", "300"),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=follower,
