@@ -80,6 +80,43 @@ def test_quiet_and_silenced_show_nothing(capsys: pytest.CaptureFixture[str]) -> 
     assert not progress._silenced
 
 
+def _read_all(fd: int) -> str:
+    chunks = []
+    while select.select([fd], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_terminal_stream_gets_a_bar_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar itself, on a real pty, with tqdm's clock faked: no timing in the outcome."""
+    clock = FakeClock()
+    monkeypatch.setattr("tqdm.std.time", clock)
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        with track("training", 50, unit="epoch", stream=terminal) as p:
+            assert not isinstance(p, SummaryLines)
+            clock.now += START_DELAY_S / 2
+            p.advance(1, loss=0.9, val_loss=0.8)  # within the delay: nothing drawn yet
+            terminal.flush()
+            assert _read_all(leader) == ""
+            for _ in range(49):
+                clock.now += 0.5
+                p.advance(1, loss=0.5, val_loss=0.25)
+        terminal.flush()
+        out = _read_all(leader)
+    os.close(leader)
+    assert out.count("\r") >= 10, out  # redrawn in place, once per step past the interval
+    assert "training" in out and "50/50" in out and "val_loss 0.25000" in out, out
+    assert "<" in out  # elapsed<remaining
+    assert len([line for line in out.split("\n") if "epoch" in line]) <= 2, out
+
+
 @pytest.fixture(scope="module")
 def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     x = correlated_rows(300, seed=4)
@@ -107,7 +144,8 @@ def _env() -> dict[str, str]:
 @pytest.mark.xfail(
     strict=False,
     reason="draws no bar in some full-suite runs (2 of 4 clean-clone runs on 2026-12-02) though it"
-    " passes alone; cause not found yet: see the README's test section",
+    " passes alone (8 of 8 runs, also under load); cause not found yet. The bar's drawing is"
+    " checked without timing by test_a_terminal_stream_gets_a_bar_redrawn_in_place",
 )
 def test_a_terminal_gets_a_redrawn_bar(data_csv: Path, tmp_path: Path) -> None:
     leader, follower = pty.openpty()
