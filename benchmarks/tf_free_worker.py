@@ -132,8 +132,11 @@ def machines_records(n: int) -> list[tuple[bytes, bytes]]:
             for i, (k, r) in enumerate(zip(table["key"], rows.tolist(), strict=False))]  # fmt: skip
 
 
-def worker_runs(names: list[str], n: int, work: Path, series: bool) -> list[dict]:
-    """Each architecture through ``anomaly-worker``, NumPy/ONNX form against TensorFlow."""
+def worker_runs(names: list[str], n: int, work: Path, series: bool, run: int = 0) -> list[dict]:
+    """Each architecture through ``anomaly-worker``, NumPy/ONNX form against TensorFlow (which
+    goes first alternates between architectures and between runs)."""
+    if not names:
+        return []
     broker = LocalKafka()
     broker.start()
     try:
@@ -151,7 +154,9 @@ def worker_runs(names: list[str], n: int, work: Path, series: bool) -> list[dict
             slow = without_numpy_form(fast, work)
             row: dict = {"architecture": name}
             runs = [("numpy", fast), ("tensorflow", slow)]
-            for label, model_dir in runs if turn % 2 == 0 else runs[::-1]:  # alternate order
+            for label, model_dir in (
+                runs if (turn + run) % 2 == 0 else runs[::-1]
+            ):  # alternate order
                 run_topics = make_topics(broker.bootstrap, f"tffree-{name}", 1)
                 run_topics.input, run_topics.group = topics.input, unique_name(f"g-{name}")
                 log = work / f"{name}-{label}.log"
@@ -242,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     try:
         for run in range(1, args.runs + 1):
-            found = [{**r, "path": "worker"} for r in worker_runs(point, args.records, work, False)]
+            found = [
+                {**r, "path": "worker"} for r in worker_runs(point, args.records, work, False, run)
+            ]
             found += [
-                {**r, "path": "worker"} for r in worker_runs(series, args.records, work, True)
+                {**r, "path": "worker"} for r in worker_runs(series, args.records, work, True, run)
             ]
             if args.series_scoring:
                 found += [{**r, "path": "scoring"} for r in series_runs(series, args.windows, work)]
