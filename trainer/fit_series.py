@@ -271,6 +271,8 @@ def series_spec(opts: FitOptions, window: int, channels: int) -> ModelSpec:
         denoise=opts.denoise,
         seed=opts.seed,
         activation=opts.activation or "tanh",
+        sparsity=opts.sparsity,
+        kl_weight=opts.kl_weight,
         window=window if sequence else None,
     )
 

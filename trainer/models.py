@@ -222,7 +222,7 @@ def _output_activation(spec: ModelSpec) -> str:
     return "sigmoid" if spec.loss == "bce" else "linear"
 
 
-def _code_layer(spec: ModelSpec) -> keras.layers.Layer:
+def code_layer(spec: ModelSpec) -> keras.layers.Layer:
     """The bottleneck: a linear dense code, the VAE's Gaussian code, or a sparse ReLU code."""
     import keras
 
@@ -249,7 +249,7 @@ def _dense_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
     h = x_in
     for i, width in enumerate(spec.hidden):
         h = keras.layers.Dense(width, activation=spec.activation, name=f"enc_dense_{i}")(h)
-    z = _code_layer(spec)(h)
+    z = code_layer(spec)(h)
     encoder = keras.Model(x_in, z, name="encoder")
 
     z_in = keras.Input(shape=(spec.latent,), name="decoder_input")
@@ -284,7 +284,7 @@ def _conv_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
             h = keras.layers.MaxPooling2D(2, padding="same", name=f"enc_pool_{i}")(h)
             hh, ww = math.ceil(hh / 2), math.ceil(ww / 2)
     h = keras.layers.Flatten(name="flatten")(h)
-    z = _code_layer(spec)(h)
+    z = code_layer(spec)(h)
     encoder = keras.Model(x_in, z, name="encoder")
 
     z_in = keras.Input(shape=(spec.latent,), name="decoder_input")

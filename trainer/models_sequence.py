@@ -2,7 +2,8 @@
 
 ``lstm`` is the Keras sequence-autoencoder recipe: an LSTM encoder whose last state feeds a
 linear code, ``RepeatVector`` W times, an LSTM decoder returning sequences and a
-``TimeDistributed`` dense layer back to the channels. ``conv1d`` convolves along time, pools
+``TimeDistributed`` dense layer back to the channels. With ``--sparsity`` both codes are
+sparse ReLU codes with an L1 activity penalty, as the point models'. ``conv1d`` convolves along time, pools
 down to a dense code and up-samples back (cropped to W). Both follow `trainer.models`' outer
 model with sub-models ``encoder`` and ``decoder``. A windowed ``dense`` model needs nothing of
 its own: it is the dense autoencoder on the flattened window (and scores with NumPy).
@@ -35,6 +36,13 @@ def sequence_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
     return _conv1d_parts(spec)
 
 
+def _code(spec: ModelSpec) -> keras.layers.Layer:
+    """The bottleneck, as for point models: linear, or a sparse ReLU code with ``--sparsity``."""
+    from trainer.models import code_layer
+
+    return code_layer(spec)
+
+
 def _lstm_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
     import keras
 
@@ -44,7 +52,7 @@ def _lstm_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
     for i, units in enumerate(spec.hidden):
         last = i == len(spec.hidden) - 1
         h = keras.layers.LSTM(units, return_sequences=not last, name=f"enc_lstm_{i}")(h)
-    z = keras.layers.Dense(spec.latent, name="latent")(h)
+    z = _code(spec)(h)
     encoder = keras.Model(x_in, z, name="encoder")
 
     z_in = keras.Input(shape=(spec.latent,), name="decoder_input")
@@ -78,7 +86,7 @@ def _conv1d_parts(spec: ModelSpec) -> tuple[keras.Model, keras.Model]:
             h = keras.layers.MaxPooling1D(2, padding="same", name=f"enc_pool_{i}")(h)
             steps = math.ceil(steps / 2)
     h = keras.layers.Flatten(name="flatten")(h)
-    z = keras.layers.Dense(spec.latent, name="latent")(h)
+    z = _code(spec)(h)
     encoder = keras.Model(x_in, z, name="encoder")
 
     z_in = keras.Input(shape=(spec.latent,), name="decoder_input")

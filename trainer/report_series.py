@@ -2,7 +2,9 @@
 key's threshold, and a few series drawn with their score, threshold and labelled ranges shaded.
 
 Files: ``loss.png`` (fit only), ``errors.png`` (score / key threshold, so 1 is every key's
-threshold), ``series.png`` (up to four keys, those with labelled ranges first), ``summary.json``.
+threshold), ``series.png`` (up to four keys, those with labelled ranges first), for sparse
+models (``--sparsity``) ``code_activity.png`` (active code units per window, normal vs
+anomalous), ``summary.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from trainer.report import (
     NORMAL_COLOR,
     THRESHOLD_COLOR,
     _plt,
+    plot_code_activity,
     plot_errors,
     plot_loss,
 )
@@ -61,6 +64,11 @@ def write_series_report(
     written.append(out / "errors.png")
     plot_series(out / "series.png", data, result, labels)
     written.append(out / "series.png")
+    if manifest.hyperparameters.get("sparsity"):
+        found = bundle.series.row_windows(data.x, data.keys, data.times)
+        codes = bundle.series.encode(found.normalised())
+        plot_code_activity(out / "code_activity.png", codes, labels[found.scored_rows])
+        written.append(out / "code_activity.png")
     summary = {
         "version": manifest.version,
         "architecture": manifest.architecture,

@@ -26,7 +26,8 @@ from trainer.training import reconstruction_errors  # noqa: E402
 
 WINDOW = 16
 MAX_TRAIN_WINDOWS = 1500
-ARCHITECTURES = ("dense", "lstm", "conv1d")
+ARCHITECTURES = ("dense", "lstm", "conv1d", "sparse-conv1d")
+SPARSITY = 1e-3  # "sparse-X": X with --sparsity, the seeds' sparse autoencoder on windows
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,18 @@ def machines() -> SeriesData:
     )
 
 
-def _fit(data: SeriesData, architecture: str) -> TrainedModel:
-    options = FitOptions(architecture=architecture, epochs=6, patience=3, seed=5)  # type: ignore[arg-type]
+def _architecture(name: str) -> str:
+    return name.removeprefix("sparse-")
+
+
+def _fit(data: SeriesData, name: str) -> TrainedModel:
+    options = FitOptions(
+        architecture=_architecture(name),  # type: ignore[arg-type]
+        epochs=6,
+        patience=3,
+        seed=5,
+        sparsity=SPARSITY if name.startswith("sparse-") else None,
+    )
     return fit_series_model(data, WINDOW, options, quiet=True, max_train_windows=MAX_TRAIN_WINDOWS)
 
 
@@ -50,7 +61,8 @@ def fitted(request, machines, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 def test_round_trip_scores_match_the_trained_network(fitted, machines) -> None:  # type: ignore[no-untyped-def]
-    architecture, trained, model_dir = fitted
+    name, trained, model_dir = fitted
+    architecture = _architecture(name)
     bundle = load_bundle(model_dir)
     assert bundle.manifest.architecture == architecture
     # every published architecture scores without TensorFlow (ONNX Runtime, or NumPy layers
@@ -88,3 +100,19 @@ def test_held_out_windows_score_well_above_chance(fitted) -> None:  # type: igno
     labels = trained.heldout_labels
     assert 0 < labels.sum() < labels.size
     assert roc_auc_score(labels, trained.heldout_errors) > 0.75
+
+
+def test_a_sparse_code_switches_units_off(fitted, machines) -> None:  # type: ignore[no-untyped-def]
+    name, trained, model_dir = fitted
+    bundle = load_bundle(model_dir)
+    codes = bundle.series.encode(
+        bundle.series.row_windows(machines.x, machines.keys, machines.times).normalised()
+    )
+    if not name.startswith("sparse-"):
+        assert bundle.manifest.hyperparameters.get("sparsity") is None
+        return
+    assert bundle.manifest.hyperparameters["sparsity"] == SPARSITY
+    latent = trained.model.get_layer("encoder").get_layer("latent")
+    assert latent.activity_regularizer is not None
+    assert codes.min() >= 0.0  # a ReLU code, exactly zero where off
+    assert (codes <= 1e-6).mean() > 0.05, "the L1 penalty left every unit active"

@@ -41,11 +41,19 @@ POINT_ARCHITECTURES: dict[str, FitOptions] = {
 SERIES_ARCHITECTURES: dict[str, FitOptions] = {
     "lstm": replace(_QUICK, architecture="lstm", hidden=(8,), latent=4),
     "conv1d": replace(_QUICK, architecture="conv1d", hidden=(8, 4), latent=4),
+    "sparse-conv1d": replace(_QUICK, architecture="conv1d", hidden=(8, 4), latent=4, sparsity=1e-3),
     "windowed-dense": replace(_QUICK, architecture="dense", hidden=(16,), latent=4),
 }
 ALL_ARCHITECTURES = [*POINT_ARCHITECTURES, *SERIES_ARCHITECTURES]
 # Published with NumPy layers and an ONNX graph (the dense family has dense weights only).
-GRAPH_ARCHITECTURES = ["conv", "denoising-conv-bce", "sparse-conv", "lstm", "conv1d"]
+GRAPH_ARCHITECTURES = [
+    "conv",
+    "denoising-conv-bce",
+    "sparse-conv",
+    "lstm",
+    "conv1d",
+    "sparse-conv1d",
+]
 
 
 def digits_rows() -> tuple[np.ndarray, list[str]]:
