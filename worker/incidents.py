@@ -90,6 +90,9 @@ class ScoredRecord:
     is_anomaly: bool
     severity: float = 0.0
     contributions: Mapping[str, float] = field(default_factory=dict)
+    # The earliest offset a replay must re-read from to score this record again as it was
+    # scored (a windowed model: its window's first offset); None: the record's own offset.
+    replay_from: int | None = None
 
 
 @dataclass
@@ -107,6 +110,7 @@ class _Run:
     model_version: str = ""
     opened: bool = False
     last_emitted_ms: int = 0
+    replay_from: int = -1  # where a replay rebuilding this run starts (<= first_offset)
 
     def add(self, record: ScoredRecord, model_version: str) -> None:
         self.records += 1
@@ -145,10 +149,24 @@ class IncidentTracker:
         # (end time, first offset) of runs, a min-heap: the sweep looks only at runs due to end.
         # An anomaly pushes its run's new end; entries whose run moved on are skipped when popped.
         self._ends: list[tuple[int, int, str | None]] = []
+        # (replay start, first offset, key) of runs, a min-heap read by `replay_start`; entries
+        # of runs that ended are dropped lazily, when they reach the top.
+        self._starts: list[tuple[int, int, str | None]] = []
 
     @property
     def open_incidents(self) -> int:
         return sum(run.opened for run in self._runs.values())
+
+    def replay_start(self) -> int | None:
+        """The offset a replay must start at to rebuild every run held (opened or not yet),
+        None when none is held. Amortised O(log runs): cheap enough for every batch."""
+        while self._starts:
+            _, first_offset, key = self._starts[0]
+            run = self._runs.get(key)
+            if run is not None and run.first_offset == first_offset:
+                return run.replay_from
+            heapq.heappop(self._starts)
+        return None
 
     def process(
         self, records: Sequence[ScoredRecord], *, model_version: str, now_ms: int
@@ -182,7 +200,9 @@ class IncidentTracker:
             if not record.is_anomaly:
                 return None
             run = _Run(record.key, record.offset, record.timestamp_ms, record.timestamp_ms)
+            run.replay_from = record.offset if record.replay_from is None else record.replay_from
             self._runs[record.key] = run
+            self._push_start(run)
         previous_last_anomaly_ms = run.last_anomaly_ms if run.anomalies else None
         run.add(record, model_version)
         if not record.is_anomaly:
@@ -216,6 +236,9 @@ class IncidentTracker:
         # first_offset is unique in a partition, so tuples never compare the keys (str | None).
         end = (run.last_anomaly_ms + self.rules.gap_ms, run.first_offset, run.key)
         heapq.heappush(self._ends, end)
+
+    def _push_start(self, run: _Run) -> None:
+        heapq.heappush(self._starts, (run.replay_from, run.first_offset, run.key))
 
     def _finish(self, run: _Run) -> list[dict[str, Any]]:
         del self._runs[run.key]
@@ -285,6 +308,7 @@ class IncidentTracker:
             run = _run_from_state(fields)
             tracker._runs[run.key] = run
             tracker._push_end(run)
+            tracker._push_start(run)
         return tracker
 
 
@@ -312,6 +336,7 @@ def _run_from_state(fields: Mapping[str, Any]) -> _Run:
             model_version=str(fields["model_version"]),
             opened=bool(fields["opened"]),
             last_emitted_ms=int(fields["last_emitted_ms"]),
+            replay_from=int(fields.get("replay_from", fields["first_offset"])),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"malformed incident run in state: {exc!r}") from exc

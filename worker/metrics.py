@@ -191,6 +191,28 @@ class StateMetrics:
         )
 
 
+INCIDENT_STATUSES = ("opened", "closed")
+
+
+class IncidentMetrics:
+    """Incidents (``ANOMALY_INCIDENT_TOPIC``): how many are open, how many opened and closed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.open = Gauge(
+            "anomaly_worker_incidents_open",
+            "Incidents open on this worker's partitions (opened, not yet closed).",
+            registry=registry,
+        )
+        self.total = Counter(
+            "anomaly_worker_incidents",
+            "Incident records written, by status (opened or closed; updates not counted).",
+            ["status"],
+            registry=registry,
+        )
+        for status in INCIDENT_STATUSES:
+            self.total.labels(status)
+
+
 class WorkerMetrics:
     """Every metric the worker exports (names and labels are an interface, see PRODUCT.md)."""
 
@@ -326,6 +348,7 @@ class WorkerMetrics:
             registry=r,
         )
         self.state = StateMetrics(r)
+        self.incidents = IncidentMetrics(r)
         self.last_batch_timestamp = Gauge(
             "anomaly_worker_last_batch_timestamp_seconds",
             "Unix time of the last processed batch.",

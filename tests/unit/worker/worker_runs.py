@@ -72,3 +72,19 @@ class Run:
     def count(self, outcome: str) -> float:
         value = self.registry.get_sample_value("anomaly_worker_records_total", {"outcome": outcome})
         return value or 0.0
+
+
+def successor(consumer: FakeConsumer, run: Run, delivery: str) -> FakeConsumer:
+    """A fresh group member that takes over ``consumer``'s partitions where the group's
+    commits (or, exactly once, the last transaction's offsets) left them."""
+    fresh = FakeConsumer(consumer.topic, n_partitions=len(consumer.log))
+    fresh.log = consumer.log
+    if delivery == "exactly_once":
+        for offsets, metadata in zip(run.producer.txn_offsets, run.producer.txn_metadata, strict=True):  # fmt: skip
+            fresh.committed_offsets.update(offsets)
+            fresh.committed_meta.update(metadata)
+    else:
+        fresh.committed_offsets = dict(consumer.committed_offsets)
+        fresh.committed_meta = dict(consumer.committed_meta)
+    fresh.positions = {tp: fresh.committed_offsets.get(tp, 0) for tp in fresh.log}
+    return fresh
