@@ -25,14 +25,14 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from anomaly_contract.windows import partition_series_key
-from worker.client import InRecord, Offsets, OutRecord, Partition
+from worker.client import ClientError, ConsumerClient, InRecord, Offsets, OutRecord, Partition
 from worker.decode import DecodedBatch, DecodeError
 from worker.incidents import IncidentRules, IncidentTracker, ScoredRecord
 from worker.metrics import IncidentMetrics
@@ -49,6 +49,7 @@ METADATA_FIELD = "incidents"
 METADATA_FORMAT = "incident-replay/1"
 # Batch ends remembered per partition until their offsets are committed (as `worker.state`).
 MAX_MARKS = 256
+POSITION_TIMEOUT_MS = 500
 
 # One scored record as a scoring path hands it over: the input record and what the tracker sees.
 ScoredRow = tuple[InRecord, ScoredRecord]
@@ -62,6 +63,28 @@ def incident_room_of(settings: WorkerSettings, metrics: IncidentMetrics) -> Inci
     if rules is None or settings.incident_topic is None:
         return None
     return IncidentRoom(rules, settings.incident_topic, settings.state_replay_max_records, metrics)
+
+
+def first_offsets(held: Mapping[Partition, Sequence[InRecord]]) -> dict[Partition, int]:
+    """The first offset of each partition's records in a batch (partitions without any left out)."""
+    return {tp: recs[0].offset for tp, recs in held.items() if recs}
+
+
+def unpolled(
+    room: IncidentRoom,
+    consumer: ConsumerClient,
+    restore: Callable[[dict[Partition, int]], None],
+) -> dict[Partition, int]:
+    """Restore the assigned partitions that have no incident state (nothing polled from them
+    since their assignment) up to the consumer's position, so that an idle partition's open
+    incidents close by the wall clock too. Returns those positions; raises `ClientError`."""
+    waiting = room.missing(consumer.assignment())
+    if not waiting:
+        return {}
+    positions = {tp: consumer.position(tp, timeout_ms=POSITION_TIMEOUT_MS) for tp in waiting}
+    known = {tp: offset for tp, offset in positions.items() if offset is not None}
+    restore(known)
+    return known
 
 
 def _wall_ms() -> int:
@@ -191,6 +214,29 @@ class IncidentRoom:
                 self._marks.note(tp, position, position if start is None else start)
         outcome = self._outcome([], found)
         return IncidentOutcome([], outcome.records, outcome.opened, outcome.closed, offsets)
+
+    def sweep(
+        self,
+        consumer: ConsumerClient,
+        restore: Callable[[dict[Partition, int]], None],
+        deliver: Callable[[list[OutRecord], Offsets], bool],
+        positions: Offsets,
+    ) -> Offsets:
+        """The loop's idle step (once a second): restore the partitions not polled from yet
+        (`unpolled`), close what the wall clock closes (`idle`) and ``deliver`` it like a batch
+        (aborted: every tracker is rebuilt by replay with its next batch). Returns ``positions``
+        with those of the partitions restored here added."""
+        try:
+            positions = unpolled(self, consumer, restore) | positions
+        except ClientError as exc:
+            log.warning("cannot restore the incidents of idle partitions yet: %s", exc)
+        outcome = self.idle(positions)
+        if outcome.records:
+            if deliver(outcome.records, outcome.offsets):
+                self.count(outcome)
+            else:
+                self.forget(None)
+        return positions
 
     def count(self, outcome: IncidentOutcome) -> None:
         """The outcome was delivered: count its incidents opened and closed."""

@@ -11,6 +11,7 @@ its events. Kafka is reached only through `worker.client`'s seam.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -228,26 +229,21 @@ class Worker:
     def _close(self) -> None:
         self.health.stopping = True  # the ready gauge reads it
         self.watcher.stop()
-        if self.delivery is not None and self.consumer is not None:
+        delivery, consumer, reader = self.delivery, self.consumer, self._replay_reader
+        steps: list[tuple[str, Callable[[], None]]] = []  # in this order, each best effort
+        if delivery is not None and consumer is not None:
+            steps.append(("final commit", delivery.commit_final))
+        if consumer is not None:
+            steps.append(("closing the consumer", lambda: consumer.close(timeout_s=3.0)))
+        if delivery is not None:
+            steps.append(("closing the producer", lambda: delivery.close(timeout_s=3.0)))
+        if reader is not None:
+            steps.append(("closing the state replay reader", reader.close))
+        for what, step in steps:
             try:
-                self.delivery.commit_final()
+                step()
             except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("final commit: %s", exc)
-        if self.consumer is not None:
-            try:
-                self.consumer.close(timeout_s=3.0)
-            except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("closing the consumer: %s", exc)
-        if self.delivery is not None:
-            try:
-                self.delivery.close(timeout_s=3.0)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("closing the producer: %s", exc)
-        if self._replay_reader is not None:
-            try:
-                self._replay_reader.close()
-            except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("closing the state replay reader: %s", exc)
+                log.warning("%s: %s", what, exc)
         self.metrics.up.set(0)
         log.info("worker closed")
 
@@ -371,18 +367,23 @@ class Worker:
     ) -> BatchOutputs | None:
         """The batch's outputs; None when a partition's state could not be restored (the batch
         is read again after a pause)."""
-        assert self.scoring is not None and self._bundle is not None and self._spec is not None
-        s, bundle = self.s, self._bundle
-        settings = SeriesOutputSettings(
-            bundle.version, bundle.feature_names, s.top_features, s.output_topic, s.dlq_topic,
-            iso_utc(time.time()),
-        )  # fmt: skip
+        assert self.scoring is not None and self._spec is not None
         try:
-            return self.scoring.batch_outputs(held, records, decoded, self._spec, settings)
+            return self.scoring.batch_outputs(
+                held, records, decoded, self._spec, self._output_settings()
+            )
         except ClientError as exc:
             log.warning("cannot restore the partition state (%s): reading the batch again", exc)
             self._rewind(held)
             return None
+
+    def _output_settings(self) -> SeriesOutputSettings:
+        s, bundle = self.s, self._bundle
+        assert bundle is not None
+        return SeriesOutputSettings(
+            bundle.version, bundle.feature_names, s.top_features, s.output_topic, s.dlq_topic,
+            iso_utc(time.time()),
+        )  # fmt: skip
 
     def _account(self, records: list[InRecord], outputs: BatchOutputs, t0: float) -> None:
         """A delivered batch's metrics and recent-window statistics."""
@@ -444,14 +445,15 @@ class Worker:
 
     def _close_idle_incidents(self) -> None:
         """Incidents of partitions with nothing new close by the wall clock, sent like a batch
-        that commits the partitions' offsets again (an aborted one: rebuilt by replay)."""
-        if self.incidents is None or self.delivery is None:
+        that commits the partitions' offsets again (an aborted one: rebuilt by replay).
+        Partitions not polled from since their assignment are restored first, so theirs can."""
+        if self.incidents is None or self.delivery is None or self.consumer is None:
             return
-        outcome = self.incidents.idle(self._positions)
-        if outcome.records and self.delivery.deliver(outcome.records, outcome.offsets):
-            self.incidents.count(outcome)
-        elif outcome.records:
-            self.incidents.forget(None)
+        if self.scoring is not None and self._spec is not None:
+            restore = functools.partial(self.scoring.restore_missing, spec=self._spec, out=self._output_settings())  # fmt: skip
+            self._positions = self.incidents.sweep(
+                self.consumer, restore, self.delivery.deliver, self._positions
+            )
 
     def _update_window_gauges(self) -> None:
         self.window.expire(time.time())

@@ -9,14 +9,14 @@ carried, scoring, feeding, emitting nothing) and notes each batch's replay start
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from anomaly_contract.artifact import ModelBundle
 from worker.client import ConsumerClient, InRecord, Partition
 from worker.decode import DecodedBatch, FeatureSpec, decode_batch
-from worker.incident_room import IncidentRoom, ScoredRow, point_rows
+from worker.incident_room import IncidentRoom, ScoredRow, first_offsets, point_rows
 from worker.membership import COMMITTED_TIMEOUT_MS, Held
 from worker.outputs import BatchOutputs, batch_outputs
 from worker.scoring import score_batch, top_features
@@ -61,7 +61,7 @@ class PointScoring:
         """Score one batch and build its outputs (incidents restored first where missing).
         Raises `ClientError` when a restore cannot read the input."""
         if self.incidents is not None:
-            self.restore_missing(held, spec, out.model_version)
+            self.restore_missing(first_offsets(held), spec, out)
         scored = score_batch(self.bundle, decoded.x) if decoded.x.shape[0] else None
         self._mark("score")
         outputs = batch_outputs(
@@ -82,11 +82,15 @@ class PointScoring:
         self._mark("outputs")
         return outputs
 
-    def restore_missing(self, held: Held, spec: FeatureSpec, model_version: str) -> None:
-        """Rebuild the incidents of each partition of the batch that has none, up to its first
-        record in the batch."""
-        assert self.incidents is not None and self._reader is not None
-        missing = [tp for tp in self.incidents.missing(held) if held[tp]]
+    def restore_missing(
+        self, firsts: Mapping[Partition, int], spec: FeatureSpec, out: SeriesOutputSettings
+    ) -> None:
+        """Rebuild the incidents of each partition of ``firsts`` (partition -> the first offset
+        about to be scored) that has none, up to that offset. Raises `ClientError` when the
+        broker cannot serve the restore."""
+        if self.incidents is None or self._reader is None:
+            return
+        missing = self.incidents.missing(firsts)
         if not missing:
             return
         consumer = self._consumer()
@@ -97,9 +101,7 @@ class PointScoring:
 
         for tp in missing:
             metadata = consumer.committed_metadata(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-            self.incidents.restore(
-                tp, held[tp][0].offset, metadata, self._reader, score, model_version
-            )
+            self.incidents.restore(tp, firsts[tp], metadata, self._reader, score, out.model_version)
 
     def _rows_of(self, chunk: list[InRecord], spec: FeatureSpec) -> list[ScoredRow]:
         """Re-read records scored as live, as rows for the incidents."""

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from anomaly_contract.artifact import ModelBundle
 from anomaly_contract.series import SeriesModel, SeriesState
 from worker.client import ConsumerClient, InRecord, Partition
 from worker.decode import DecodedBatch, FeatureSpec, decode_batch
-from worker.incident_room import IncidentRoom, ScoredRow
+from worker.incident_room import IncidentRoom, ScoredRow, first_offsets
 from worker.membership import COMMITTED_TIMEOUT_MS, Held
 from worker.metrics import StateMetrics
 from worker.outputs import BatchOutputs
@@ -80,14 +80,16 @@ class SeriesScoring:
             return metadata
         return self.incidents.commit_metadata(tp, offset, metadata)
 
-    def restore_missing(self, held: Held, spec: FeatureSpec, out: SeriesOutputSettings) -> None:
-        """Restore every partition of the batch the room holds no state for (just assigned, or
-        dropped after a model swap or an aborted batch), or, incidents on, whose incidents are
-        missing, up to its first record in the batch. Raises `ClientError` when the broker
-        cannot serve the restore."""
+    def restore_missing(
+        self, firsts: Mapping[Partition, int], spec: FeatureSpec, out: SeriesOutputSettings
+    ) -> None:
+        """Restore every partition of ``firsts`` (partition -> the first offset about to be
+        scored) the room holds no state for (just assigned, or dropped after a model swap or an
+        aborted batch), or, incidents on, whose incidents are missing, up to that offset. Raises
+        `ClientError` when the broker cannot serve the restore."""
         incidents = self.incidents
-        lost = set(incidents.missing(held)) if incidents is not None else set()
-        missing = [tp for tp in held if (tp not in self.room or tp in lost) and held[tp]]
+        lost = set(incidents.missing(firsts)) if incidents is not None else set()
+        missing = [tp for tp in firsts if tp not in self.room or tp in lost]
         if not missing:
             return
         consumer = self._consumer()
@@ -95,7 +97,7 @@ class SeriesScoring:
         rows_of = replay_rows(spec, self.key_field)
         for tp in sorted(missing):
             metadata = consumer.committed_metadata(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-            until = held[tp][0].offset
+            until = firsts[tp]
             if incidents is None or tp not in lost:
                 self.room.restore(tp, until, metadata, self._reader, rows_of, self._heartbeat)
                 continue
@@ -140,7 +142,7 @@ class SeriesScoring:
     ) -> BatchOutputs:
         """Restore, push and score one batch (its offsets' replay starts are noted for the
         commit before anything is sent)."""
-        self.restore_missing(held, spec, out)
+        self.restore_missing(first_offsets(held), spec, out)
         pushed = push_batch(self.room, records, decoded, self.key_field)
         offsets = {tp: recs[-1].offset + 1 for tp, recs in held.items() if recs}
         self.room.end_batch(offsets)

@@ -161,7 +161,10 @@ def test_kill9_mid_incident_does_not_open_a_second_one(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     incidents = _incident_topic(kafka_bootstrap)
-    settings: dict[str, object] = {**SETTINGS, "INCIDENT_TOPIC": incidents, "DELIVERY": delivery}
+    settings: dict[str, object] = {
+        **SETTINGS, "INCIDENT_TOPIC": incidents, "DELIVERY": delivery,
+        "SESSION_TIMEOUT_MS": 3000,  # the killed member leaves the group soon
+    }  # fmt: skip
     if delivery == "exactly_once":
         settings["TRANSACTIONAL_ID"] = unique_name("txn")  # the same for the restart
     isolation: IsolationLevel = (

@@ -85,6 +85,12 @@ def _comparable(value: object) -> object:
     return value
 
 
+def _by_partition(incidents: list[dict]) -> object:
+    """Comparable incident records in partition order (within a partition, as emitted): how two
+    partitions' records interleave depends on the batches, not on the incidents."""
+    return _comparable(sorted(incidents, key=lambda i: i["source"]["partition"]))
+
+
 def _events(run: Run) -> list[dict]:
     return [json.loads(o.value or b"") for o in run.producer.sent if o.topic == "anomalies"]
 
@@ -219,8 +225,9 @@ def test_windowed_incidents_survive_a_successor_as_if_uninterrupted(
     where = _produce_series(whole, x, keys, 0)
     uninterrupted = Run(series_dir, whole, batch_max_records=60, delivery=delivery, **settings)
     assert uninterrupted.run() == EXIT_OK
-    expected = _comparable(_incidents(uninterrupted))
-    assert sum(i["status"] == "closed" for i in expected) >= 3, expected
+    expected = _by_partition(_incidents(uninterrupted))
+    closes = [i for i in _incidents(uninterrupted) if i["status"] == "closed"]
+    assert len(closes) >= 3, expected
     # cut the stream just after an anomaly past its middle: an incident is open at the cut
     anomalous = {(e["source"]["partition"], e["source"]["offset"]) for e in _events(uninterrupted)}
     cut_at = next(i for i in range(700, len(x)) if where[i] in anomalous) + 2
@@ -233,7 +240,7 @@ def test_windowed_incidents_survive_a_successor_as_if_uninterrupted(
     _produce_series(cut, x[cut_at:], keys[cut_at:], cut_at)
     second = Run(series_dir, successor(cut, first, delivery), batch_max_records=60, delivery=delivery, **settings)  # fmt: skip
     assert second.run() == EXIT_OK
-    assert _comparable(_incidents(first) + _incidents(second)) == expected
+    assert _by_partition(_incidents(first) + _incidents(second)) == expected
     # every event of the second worker names the incident the uninterrupted one gave it
     ids = {(e["source"]["partition"], e["source"]["offset"]): e.get("incident_id") for e in _events(uninterrupted)}  # fmt: skip
     for e in _events(second):
