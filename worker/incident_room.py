@@ -357,11 +357,12 @@ class IncidentRoom:
         model_version: str,
     ) -> int:
         """Rebuild ``tp``'s tracker as it was before offset ``until`` (point models: the series
-        state re-reads for windowed ones and calls `replay` itself). Returns the rows fed."""
+        state re-reads for windowed ones and calls `begin_replay` itself). Returns the rows fed."""
         self._model_version = model_version
         start = self.replay_start(tp, metadata, until)
         feed = self.begin_replay(tp)
         fed = 0
+        started = time.perf_counter()
         try:
             for chunk in reader.read(tp, start, until):
                 rows = score(chunk)
@@ -372,11 +373,13 @@ class IncidentRoom:
             raise
         if fed:
             log.info(
-                "incidents of %s[%d] restored: %d records re-read from offset %d, %d runs held",
+                "incidents of %s[%d] restored: %d records re-read from offset %d in %.2fs, "
+                "%d runs held",
                 tp.topic,
                 tp.partition,
                 until - start,
                 start,
+                time.perf_counter() - started,
                 len(self.trackers[tp].export_state()["runs"]),
                 extra={"partition": tp.partition, "incident_start": start},
             )

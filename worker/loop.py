@@ -26,6 +26,7 @@ from worker.client import (
     ConsumerClient,
     InRecord,
     Offsets,
+    OutRecord,
     Partition,
     ProducerClient,
     ProducerFenced,
@@ -82,6 +83,7 @@ class Worker:
         self._replay_reader: ReplayReader | None = None
         self.scoring: SeriesScoring | PointScoring | None = None  # for the installed model
         self.incidents: IncidentRoom | None = incident_room_of(settings, metrics.incidents)
+        self.on_delivered: Callable[[list[OutRecord]], None] = lambda outs: None  # (feedback)
         self._stop = threading.Event()
         self.membership = GroupMembership(settings, metrics, health, self._stop)
         self.membership.forget = self._forget
@@ -285,6 +287,7 @@ class Worker:
         self.scoring = SeriesScoring(
             model, self.s, self.metrics.state, lambda: self.consumer, self._replay_reader,
             previous=previous, heartbeat=self.health.beat, incidents=self.incidents,
+            mark=self.phases.mark,
         )  # fmt: skip
 
     def _maybe_swap(self) -> None:
@@ -329,16 +332,13 @@ class Worker:
         """Decode, score, emit and commit one batch (a batch that lost partitions meanwhile
         is redone without them)."""
         t0 = time.perf_counter()
-        bundle, spec = self._bundle, self._spec
-        assert bundle is not None and spec is not None
+        assert self._spec is not None
         records = [r for recs in held.values() for r in recs]
-        decoded = decode_batch([r.value for r in records], spec)
+        decoded = decode_batch([r.value for r in records], self._spec)
         self.phases.mark("decode")
         outputs = self._scored_outputs(held, records, decoded)
         if outputs is None:
             return
-        self.phases.mark("score")  # windowed: restore, push, score, events (point: marked inside)
-        self.phases.mark("outputs")
         # a partition lost outside poll (expired membership) must not be emitted for any more:
         # rare, so simply redo the batch without it
         revoked = self.membership.tracker.take()
@@ -358,6 +358,7 @@ class Worker:
         if not delivered:
             self._rewind(held)  # aborted: read the batch again
             return
+        self.on_delivered(outputs.records)
         self._account(records, outputs, t0)
         self.phases.mark("account")
         self._positions.update(offsets)
@@ -380,10 +381,8 @@ class Worker:
     def _output_settings(self) -> SeriesOutputSettings:
         s, bundle = self.s, self._bundle
         assert bundle is not None
-        return SeriesOutputSettings(
-            bundle.version, bundle.feature_names, s.top_features, s.output_topic, s.dlq_topic,
-            iso_utc(time.time()),
-        )  # fmt: skip
+        now = iso_utc(time.time())
+        return SeriesOutputSettings(bundle.version, bundle.feature_names, s.top_features, s.output_topic, s.dlq_topic, now)  # fmt: skip
 
     def _account(self, records: list[InRecord], outputs: BatchOutputs, t0: float) -> None:
         """A delivered batch's metrics and recent-window statistics."""

@@ -53,8 +53,10 @@ class SeriesScoring:
         previous: SeriesScoring | None = None,
         heartbeat: Callable[[], None] = lambda: None,
         incidents: IncidentRoom | None = None,
+        mark: Callable[[str], None] = lambda phase: None,
     ) -> None:
         self.model = model
+        self._mark = mark  # the loop's phase clock
         self.incidents = incidents
         self._heartbeat = heartbeat
         self.key_field = settings.key_field
@@ -149,6 +151,8 @@ class SeriesScoring:
         outputs = series_outputs(records, decoded, pushed, self.model, out, self.incidents)
         if self.incidents is not None:
             self.incidents.end_batch(offsets)
+        self._mark("score")  # restore (when due), push, score and events in one
+        self._mark("outputs")
         return outputs
 
     def forget(self, partitions: set[Partition] | None) -> None:

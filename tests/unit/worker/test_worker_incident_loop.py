@@ -144,11 +144,10 @@ def test_events_carry_a_stable_event_id_with_incidents_off(model_dir: Path) -> N
     assert not _incidents(run)
 
 
-def test_an_idle_partition_closes_its_incident_by_the_wall_clock(model_dir: Path) -> None:
-    consumer = FakeConsumer(TOPIC)
-    now = int(time.time() * 1000)
-    _append(consumer, 0, [("a", now - 3000 + 100 * i, ANOMALY) for i in range(4)])
+def _run_until_closed(model_dir: Path, consumer: FakeConsumer, **settings: object) -> Run:
+    """A run kept going (at most 10 s) until an incident record ``closed`` was sent."""
     seen: dict[str, Run] = {}
+    started = time.monotonic()
 
     def keep_alive_until_closed(c: FakeConsumer, n: int) -> None:
         run = seen["run"]
@@ -157,9 +156,16 @@ def test_an_idle_partition_closes_its_incident_by_the_wall_clock(model_dir: Path
             run.idle_since = time.monotonic()  # not idle yet: the close is awaited
 
     consumer.on_poll = keep_alive_until_closed
-    started = time.monotonic()
-    seen["run"] = run = Run(model_dir, consumer, **{**SETTINGS, "incident_gap_s": 1})
+    seen["run"] = run = Run(model_dir, consumer, **{**SETTINGS, **settings})
     assert run.run() == EXIT_OK
+    return run
+
+
+def test_an_idle_partition_closes_its_incident_by_the_wall_clock(model_dir: Path) -> None:
+    consumer = FakeConsumer(TOPIC)
+    now = int(time.time() * 1000)
+    _append(consumer, 0, [("a", now - 3000 + 100 * i, ANOMALY) for i in range(4)])
+    run = _run_until_closed(model_dir, consumer, incident_gap_s=1)
     assert [i["status"] for i in _incidents(run)] == ["opened", "closed"]
     assert _incidents(run)[-1]["anomalies"] == 4
     # the close re-committed the offset with a replay start that no longer needs the run
@@ -168,6 +174,25 @@ def test_an_idle_partition_closes_its_incident_by_the_wall_clock(model_dir: Path
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_a_successor_with_nothing_to_poll_restores_and_closes_by_the_wall_clock(
+    model_dir: Path,
+) -> None:
+    consumer = FakeConsumer(TOPIC)
+    now = int(time.time() * 1000)
+    _append(consumer, 0, [("a", now - 1000 + 100 * i, ANOMALY) for i in range(4)])
+    first = Run(model_dir, consumer, **{**SETTINGS, "incident_gap_s": 2.5})
+    assert first.run() == EXIT_OK
+    assert [i["status"] for i in _incidents(first)] == ["opened"]  # stopped before the gap
+    second = _run_until_closed(model_dir, successor(consumer, first, "at_least_once"), incident_gap_s=2.5)  # fmt: skip
+    closed = _incidents(second)
+    assert [i["status"] for i in closed] == ["closed"], closed
+    assert (
+        closed[0]["anomalies"] == 4
+        and closed[0]["incident_id"] == _incidents(first)[0]["incident_id"]
+    )
+    assert second.count("anomaly") == 0  # nothing new was polled: the run came from the replay
+
+
 def test_a_successor_mid_incident_continues_it_as_if_uninterrupted(
     model_dir: Path, delivery: str
 ) -> None:
