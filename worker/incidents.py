@@ -152,10 +152,13 @@ class IncidentTracker:
         # (replay start, first offset, key) of runs, a min-heap read by `replay_start`; entries
         # of runs that ended are dropped lazily, when they reach the top.
         self._starts: list[tuple[int, int, str | None]] = []
+        self._open = 0
 
     @property
     def open_incidents(self) -> int:
-        return sum(run.opened for run in self._runs.values())
+        """Incidents opened and not closed (a count kept as they change: a metrics scrape reads
+        it from another thread)."""
+        return self._open
 
     def replay_start(self) -> int | None:
         """The offset a replay must start at to rebuild every run held (opened or not yet),
@@ -211,6 +214,7 @@ class IncidentTracker:
             self._push_end(run)
         if not run.opened and run.anomalies >= self.rules.min_anomalies:
             run.opened = True
+            self._open += 1
             run.last_emitted_ms = record.timestamp_ms
             out.append(self._incident_record(run, "opened"))
         elif run.opened and record.timestamp_ms - run.last_emitted_ms >= self.rules.update_ms:
@@ -242,7 +246,10 @@ class IncidentTracker:
 
     def _finish(self, run: _Run) -> list[dict[str, Any]]:
         del self._runs[run.key]
-        return [self._incident_record(run, "closed")] if run.opened else []
+        if not run.opened:
+            return []
+        self._open -= 1
+        return [self._incident_record(run, "closed")]
 
     def _id(self, run: _Run) -> str:
         return incident_id(run.key, self.topic, self.partition, run.first_offset)
@@ -309,6 +316,7 @@ class IncidentTracker:
             tracker._runs[run.key] = run
             tracker._push_end(run)
             tracker._push_start(run)
+            tracker._open += run.opened
         return tracker
 
 
