@@ -173,7 +173,6 @@ def test_an_idle_partition_closes_its_incident_by_the_wall_clock(model_dir: Path
     assert start_in_metadata(metadata) == 4
 
 
-@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 def test_a_successor_with_nothing_to_poll_restores_and_closes_by_the_wall_clock(
     model_dir: Path,
 ) -> None:
@@ -193,6 +192,7 @@ def test_a_successor_with_nothing_to_poll_restores_and_closes_by_the_wall_clock(
     assert second.count("anomaly") == 0  # nothing new was polled: the run came from the replay
 
 
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 def test_a_successor_mid_incident_continues_it_as_if_uninterrupted(
     model_dir: Path, delivery: str
 ) -> None:
