@@ -124,6 +124,8 @@ def test_kill9_mid_incident_does_not_open_a_second_one(
     if delivery == "exactly_once":
         assert statuses == ["opened", "updated", "updated", "closed"], found
     assert restarted.metric("anomaly_worker_incidents_total", status="opened") == 0
+    restores = [e for e in restarted.logs() if str(e.get("message", "")).startswith("incidents of")]
+    assert restores and restores[0]["incident_start"] == 40, restores  # key a's first anomaly
     events = output_events(kafka_bootstrap, topics, isolation)
     ids = {e.get("incident_id") for e in events if e["source"]["offset"] >= cut}
     assert ids <= {closed["incident_id"], None}
