@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -102,12 +103,18 @@ def point_keys(
     """The series key of each decoded record of a point model's batch. A point model needs no
     key to score, so a key that cannot be one (not UTF-8, a list) stands for the partition's
     series here rather than dead-lettering the record."""
+    keyless: dict[int, str] = {}  # partition -> its series key, made once per batch
     out: list[str | None] = []
-    for pos, key in zip(
-        decoded.valid_index, series_keys(records, decoded.valid_index, key_field), strict=True
-    ):
+    valid = decoded.valid_index
+    for pos, key in zip(valid, series_keys(records, valid, key_field), strict=True):
+        if isinstance(key, DecodeError):
+            out.append(None)
+            continue
         partition = records[pos].partition
-        out.append(None if isinstance(key, DecodeError) else tracker_key(key, partition))
+        own = keyless.get(partition)
+        if own is None:
+            own = keyless[partition] = partition_series_key(partition)
+        out.append(None if key == own else key)
     return out
 
 
@@ -411,16 +418,20 @@ def point_rows(
     keys = point_keys(records, decoded, key_field)
     threshold = scored.threshold
     scale = 1.0 / threshold if threshold > 0 else 0.0
-    scores, anomalous = scored.scores, scored.is_anomaly
-    index: list[int] = []
+    # plain lists: indexing numpy arrays one element at a time costs more than the tracker
+    severities = (scored.scores * scale).tolist()
+    anomalous = scored.is_anomaly.tolist()
+    valid = decoded.valid_index
+    index = np.flatnonzero(scored.finite).tolist()
     rows: list[ScoredRow] = []
-    for j in np.flatnonzero(scored.finite).tolist():
-        r = records[decoded.valid_index[j]]
-        is_anomaly = bool(anomalous[j])
-        contributions = dict(tops.get(j, ())) if is_anomaly else {}
-        severity = float(scores[j]) * scale
-        rows.append(
-            (r, ScoredRecord(keys[j], r.timestamp, r.offset, is_anomaly, severity, contributions))
-        )
-        index.append(j)
+    for j in index:
+        r = records[valid[j]]
+        if anomalous[j]:
+            record = ScoredRecord(keys[j], r.timestamp, r.offset, True, severities[j], dict(tops.get(j, ())))  # fmt: skip
+        else:
+            record = ScoredRecord(keys[j], r.timestamp, r.offset, False, severities[j], _NONE)
+        rows.append((r, record))
     return index, rows
+
+
+_NONE: Mapping[str, float] = MappingProxyType({})  # the contributions of a normal record
