@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fake_client import FakeConsumer, FakeRecord
 from worker_models import sensor_rows
-from worker_runs import TOPIC, Run, successor
+from worker_runs import TOPIC, Run, rounded, successor
 from worker_series_models import keyed_series, records
 
 from anomaly_contract.model_dir import load_bundle
@@ -73,22 +73,10 @@ def _incidents(run: Run) -> list[dict]:
     return [json.loads(o.value or b"") for o in run.producer.sent if o.topic == INCIDENTS]
 
 
-def _comparable(value: object) -> object:
-    """Floats to 9 significant digits: a replay scores in other batch sizes than the live
-    path, which may move the last bits of a matrix product."""
-    if isinstance(value, float):
-        return float(f"{value:.9g}")
-    if isinstance(value, dict):
-        return {k: _comparable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_comparable(v) for v in value]
-    return value
-
-
 def _by_partition(incidents: list[dict]) -> object:
     """Comparable incident records in partition order (within a partition, as emitted): how two
     partitions' records interleave depends on the batches, not on the incidents."""
-    return _comparable(sorted(incidents, key=lambda i: i["source"]["partition"]))
+    return rounded(sorted(incidents, key=lambda i: i["source"]["partition"]))
 
 
 def _events(run: Run) -> list[dict]:
@@ -211,9 +199,7 @@ def test_a_successor_mid_incident_continues_it_as_if_uninterrupted(
     second = Run(model_dir, successor(cut, first, delivery), batch_max_records=7, delivery=delivery, **SETTINGS)  # fmt: skip
     assert second.run() == EXIT_OK
     # no second incident for the burst: the successor continues the same one to its close
-    assert _comparable(_incidents(first) + _incidents(second)) == _comparable(
-        _incidents(uninterrupted)
-    )
+    assert rounded(_incidents(first) + _incidents(second)) == rounded(_incidents(uninterrupted))
     assert second.replay_reader.reads and second.replay_reader.reads[0][1] == 40
     assert (
         second.registry.get_sample_value("anomaly_worker_incidents_total", {"status": "opened"})

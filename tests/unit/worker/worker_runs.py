@@ -88,3 +88,16 @@ def successor(consumer: FakeConsumer, run: Run, delivery: str) -> FakeConsumer:
         fresh.committed_meta = dict(consumer.committed_meta)
     fresh.positions = {tp: fresh.committed_offsets.get(tp, 0) for tp in fresh.log}
     return fresh
+
+
+def rounded(value: object) -> object:
+    """``value`` with its floats to 9 significant digits, for comparing two runs' outputs: a
+    restore scores in other batch sizes than the live path, which may move the last bits of a
+    matrix product."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
