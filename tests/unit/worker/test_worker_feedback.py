@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
-from fake_client import FakeRecord
+from fake_client import FakeConsumer, FakeRecord
 from prometheus_client import CollectorRegistry
+from worker_runs import TOPIC, Run
 
+from worker.cli import build_feedback
 from worker.client import OutRecord
 from worker.feedback import (
     EmittedIds,
@@ -21,6 +24,7 @@ from worker.feedback import (
     emitted_in,
     parse_feedback,
 )
+from worker.loop import EXIT_OK
 from worker.metrics import FeedbackMetrics
 
 
@@ -152,3 +156,20 @@ def test_the_reader_thread_feeds_every_record_to_the_book() -> None:
     reader.stop()
     assert polls.closed
     assert _value(registry, "anomaly_worker_feedback_precision") == 1.0
+
+
+def test_the_worker_remembers_the_ids_it_delivers_for_their_verdicts(model_dir: Path) -> None:
+    consumer = FakeConsumer(TOPIC)
+    anomaly = json.dumps({"id": "far", "features": [1000.0] * 6}).encode()
+    consumer.produce(0, [anomaly] * 3, [b"a"] * 3)
+    run = Run(model_dir, consumer, incident_topic="incidents", feedback_topic="feedback")
+    reader = build_feedback(run.worker.s, run.worker)
+    assert reader is not None
+    assert run.run() == EXIT_OK
+    events = [json.loads(o.value or b"") for o in run.producer.sent if o.topic == "anomalies"]
+    opened = [json.loads(o.value or b"") for o in run.producer.sent if o.topic == "incidents"]
+    assert len(events) == 3 and opened
+    emitted = reader.book.emitted
+    assert all(emitted.lookup(e["event_id"]) == ("event", "v1") for e in events)
+    assert emitted.lookup(opened[0]["incident_id"]) == ("incident", "v1")
+    assert reader.book.record(_json(incident_id=opened[0]["incident_id"], verdict="confirmed"))
