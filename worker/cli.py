@@ -21,12 +21,14 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from worker.client import client_config
+from worker.feedback import EmittedIds, FeedbackBook, FeedbackReader, emitted_in
 from worker.http import HealthState, HttpEndpoints
 from worker.logs import configure_logging
 from worker.loop import EXIT_ERROR, Worker
 from worker.metrics import WorkerMetrics
 from worker.reload import ModelWatcher, TopicModelWatcher
 from worker.settings import WorkerSettings, load_settings
+from worker.topic_reader import TopicReader
 
 log = logging.getLogger("worker")
 
@@ -42,6 +44,19 @@ def build_worker(settings: WorkerSettings) -> tuple[Worker, HttpEndpoints]:
     worker = Worker(settings, metrics, health, watcher)
     http = HttpEndpoints(settings.metrics_host, settings.metrics_port, registry, health)
     return worker, http
+
+
+def build_feedback(settings: WorkerSettings, worker: Worker) -> FeedbackReader | None:
+    """The feedback topic's reader (None without ``ANOMALY_FEEDBACK_TOPIC``); the worker then
+    remembers the ids of what it delivers, for the verdicts to name."""
+    topic = settings.feedback_topic
+    if topic is None:
+        return None
+    emitted = EmittedIds(settings.feedback_max_ids)
+    output, incidents = settings.output_topic, settings.incident_topic
+    worker.on_delivered = lambda outs: emitted.remember(emitted_in(outs, output, incidents))
+    book = FeedbackBook(emitted, worker.metrics.feedback, settings.feedback_window_s)
+    return FeedbackReader(lambda: TopicReader(settings, topic, "feedback"), book)
 
 
 def build_model_watcher(
@@ -167,8 +182,13 @@ def run(argv: Sequence[str] | None = None) -> int:
             "model_topic": settings.model_topic,
         },
     )
+    feedback = build_feedback(settings, worker)
+    if feedback is not None:
+        feedback.start()
     _tune_gc()
     code = worker.run()
+    if feedback is not None:
+        feedback.stop()
     http.close()
     log.info("anomaly-worker exiting", extra={"exit_code": code})
     return code

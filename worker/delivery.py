@@ -419,7 +419,8 @@ class TransactionalDelivery:
             if failed:
                 self.metrics.produce_errors.inc(len(failed))
                 raise p.error_of(failed[0])
-            p.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            if offsets:  # none: an idle sweep's incident records whose partitions had none yet
+                p.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
             p.commit_transaction()
         except ClientError as exc:
             self.metrics.commit_errors.inc()

@@ -80,7 +80,7 @@ class IncidentRules:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per scored record, where frozen costs 3x
 class ScoredRecord:
     """One scored input record as the tracker sees it (``key`` None: the partition's series)."""
 
@@ -90,6 +90,9 @@ class ScoredRecord:
     is_anomaly: bool
     severity: float = 0.0
     contributions: Mapping[str, float] = field(default_factory=dict)
+    # The earliest offset a replay must re-read from to score this record again as it was
+    # scored (a windowed model: its window's first offset); None: the record's own offset.
+    replay_from: int | None = None
 
 
 @dataclass
@@ -107,6 +110,7 @@ class _Run:
     model_version: str = ""
     opened: bool = False
     last_emitted_ms: int = 0
+    replay_from: int = -1  # where a replay rebuilding this run starts (<= first_offset)
 
     def add(self, record: ScoredRecord, model_version: str) -> None:
         self.records += 1
@@ -145,10 +149,27 @@ class IncidentTracker:
         # (end time, first offset) of runs, a min-heap: the sweep looks only at runs due to end.
         # An anomaly pushes its run's new end; entries whose run moved on are skipped when popped.
         self._ends: list[tuple[int, int, str | None]] = []
+        # (replay start, first offset, key) of runs, a min-heap read by `replay_start`; entries
+        # of runs that ended are dropped lazily, when they reach the top.
+        self._starts: list[tuple[int, int, str | None]] = []
+        self._open = 0
 
     @property
     def open_incidents(self) -> int:
-        return sum(run.opened for run in self._runs.values())
+        """Incidents opened and not closed (a count kept as they change: a metrics scrape reads
+        it from another thread)."""
+        return self._open
+
+    def replay_start(self) -> int | None:
+        """The offset a replay must start at to rebuild every run held (opened or not yet),
+        None when none is held. Amortised O(log runs): cheap enough for every batch."""
+        while self._starts:
+            _, first_offset, key = self._starts[0]
+            run = self._runs.get(key)
+            if run is not None and run.first_offset == first_offset:
+                return run.replay_from
+            heapq.heappop(self._starts)
+        return None
 
     def process(
         self, records: Sequence[ScoredRecord], *, model_version: str, now_ms: int
@@ -182,7 +203,9 @@ class IncidentTracker:
             if not record.is_anomaly:
                 return None
             run = _Run(record.key, record.offset, record.timestamp_ms, record.timestamp_ms)
+            run.replay_from = record.offset if record.replay_from is None else record.replay_from
             self._runs[record.key] = run
+            self._push_start(run)
         previous_last_anomaly_ms = run.last_anomaly_ms if run.anomalies else None
         run.add(record, model_version)
         if not record.is_anomaly:
@@ -191,6 +214,7 @@ class IncidentTracker:
             self._push_end(run)
         if not run.opened and run.anomalies >= self.rules.min_anomalies:
             run.opened = True
+            self._open += 1
             run.last_emitted_ms = record.timestamp_ms
             out.append(self._incident_record(run, "opened"))
         elif run.opened and record.timestamp_ms - run.last_emitted_ms >= self.rules.update_ms:
@@ -217,9 +241,15 @@ class IncidentTracker:
         end = (run.last_anomaly_ms + self.rules.gap_ms, run.first_offset, run.key)
         heapq.heappush(self._ends, end)
 
+    def _push_start(self, run: _Run) -> None:
+        heapq.heappush(self._starts, (run.replay_from, run.first_offset, run.key))
+
     def _finish(self, run: _Run) -> list[dict[str, Any]]:
         del self._runs[run.key]
-        return [self._incident_record(run, "closed")] if run.opened else []
+        if not run.opened:
+            return []
+        self._open -= 1
+        return [self._incident_record(run, "closed")]
 
     def _id(self, run: _Run) -> str:
         return incident_id(run.key, self.topic, self.partition, run.first_offset)
@@ -285,6 +315,8 @@ class IncidentTracker:
             run = _run_from_state(fields)
             tracker._runs[run.key] = run
             tracker._push_end(run)
+            tracker._push_start(run)
+            tracker._open += run.opened
         return tracker
 
 
@@ -312,6 +344,7 @@ def _run_from_state(fields: Mapping[str, Any]) -> _Run:
             model_version=str(fields["model_version"]),
             opened=bool(fields["opened"]),
             last_emitted_ms=int(fields["last_emitted_ms"]),
+            replay_from=int(fields.get("replay_from", fields["first_offset"])),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"malformed incident run in state: {exc!r}") from exc

@@ -11,6 +11,7 @@ its events. Kafka is reached only through `worker.client`'s seam.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from worker.client import (
     ConsumerClient,
     InRecord,
     Offsets,
+    OutRecord,
     Partition,
     ProducerClient,
     ProducerFenced,
@@ -34,13 +36,14 @@ from worker.client import (
 from worker.decode import DecodedBatch, FeatureSpec, decode_batch
 from worker.delivery import Delivery, WorkerStopped, make_delivery
 from worker.http import HealthState
+from worker.incident_room import IncidentRoom, incident_room_of
 from worker.membership import GroupMembership, Held
 from worker.metrics import PhaseClock, RecentWindow, WorkerMetrics, population_stability_index
-from worker.outputs import BatchOutputs, batch_outputs, iso_utc
+from worker.outputs import BatchOutputs, iso_utc
+from worker.point_scoring import PointScoring
 from worker.reachability import PROBE_INTERVAL_S, PROBE_TIMEOUT_MS
 from worker.reload import ModelWatcher
 from worker.replay_reader import KafkaReplayReader
-from worker.scoring import score_batch
 from worker.series_batch import SeriesOutputSettings
 from worker.series_scoring import SeriesScoring, series_model_of
 from worker.settings import WorkerSettings
@@ -78,7 +81,9 @@ class Worker:
         self._producer_factory = producer_factory
         self._replay_reader_factory = replay_reader_factory
         self._replay_reader: ReplayReader | None = None
-        self.series: SeriesScoring | None = None  # windowed models only
+        self.scoring: SeriesScoring | PointScoring | None = None  # for the installed model
+        self.incidents: IncidentRoom | None = incident_room_of(settings, metrics.incidents)
+        self.on_delivered: Callable[[list[OutRecord]], None] = lambda outs: None  # (feedback)
         self._stop = threading.Event()
         self.membership = GroupMembership(settings, metrics, health, self._stop)
         self.membership.forget = self._forget
@@ -204,15 +209,15 @@ class Worker:
         return producer
 
     def _commit_metadata(self, tp: Partition, offset: int) -> str:
-        """What each committed offset carries: windowed models' restore start, else nothing."""
-        return "" if self.series is None else self.series.commit_metadata(tp, offset)
+        """What each committed offset carries: the replay start of windows and incidents."""
+        return "" if self.scoring is None else self.scoring.commit_metadata(tp, offset)
 
     def _forget(self, partitions: set[Partition] | None) -> None:
         """Partitions revoked (None: all, on a rejoin): their batches in flight, positions and
-        series state are void."""
+        series and incident state are void."""
         assert self.consumer is not None
-        if self.series is not None:
-            self.series.forget(partitions)
+        if self.scoring is not None:
+            self.scoring.forget(partitions)
         if partitions is None:
             if self.delivery is not None:
                 self.delivery.forget(set(self.consumer.assignment()))
@@ -226,26 +231,21 @@ class Worker:
     def _close(self) -> None:
         self.health.stopping = True  # the ready gauge reads it
         self.watcher.stop()
-        if self.delivery is not None and self.consumer is not None:
+        delivery, consumer, reader = self.delivery, self.consumer, self._replay_reader
+        steps: list[tuple[str, Callable[[], None]]] = []  # in this order, each best effort
+        if delivery is not None and consumer is not None:
+            steps.append(("final commit", delivery.commit_final))
+        if consumer is not None:
+            steps.append(("closing the consumer", lambda: consumer.close(timeout_s=3.0)))
+        if delivery is not None:
+            steps.append(("closing the producer", lambda: delivery.close(timeout_s=3.0)))
+        if reader is not None:
+            steps.append(("closing the state replay reader", reader.close))
+        for what, step in steps:
             try:
-                self.delivery.commit_final()
+                step()
             except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("final commit: %s", exc)
-        if self.consumer is not None:
-            try:
-                self.consumer.close(timeout_s=3.0)
-            except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("closing the consumer: %s", exc)
-        if self.delivery is not None:
-            try:
-                self.delivery.close(timeout_s=3.0)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("closing the producer: %s", exc)
-        if self._replay_reader is not None:
-            try:
-                self._replay_reader.close()
-            except Exception as exc:  # noqa: BLE001 - closing is best effort
-                log.warning("closing the state replay reader: %s", exc)
+                log.warning("%s: %s", what, exc)
         self.metrics.up.set(0)
         log.info("worker closed")
 
@@ -259,7 +259,7 @@ class Worker:
             max_record_bytes=self.s.max_record_bytes,
             max_abs_value=self.s.max_abs_value,
         )
-        self._install_series(bundle)
+        self._install_scoring(bundle)
         self.window.set_edges(m.calibration.histogram_edges)
         self._calibration_counts = np.asarray(m.calibration.histogram_counts, dtype=np.float64)
         self.metrics.set_model(m.version, m.threshold, m.expected_anomaly_ratio)
@@ -270,24 +270,25 @@ class Worker:
             extra={"version": m.version, "threshold": m.threshold, "features": m.n_features},
         )
 
-    def _install_series(self, bundle: ModelBundle) -> None:
+    def _install_scoring(self, bundle: ModelBundle) -> None:
         """A windowed model gets fresh series state (rebuilt from the input on demand, with
-        the new model's normalisation); a point model none."""
+        the new model's normalisation); a point model none. Incidents carry over."""
         model = series_model_of(bundle)
-        if model is None:
-            self.series = None
-            return
-        if self._replay_reader is None:
+        if (model is not None or self.incidents is not None) and self._replay_reader is None:
             self._replay_reader = self._replay_reader_factory(self.s)
-        self.series = SeriesScoring(
-            model,
-            self.s,
-            self.metrics.state,
-            lambda: self.consumer,
-            self._replay_reader,
-            previous=self.series,
-            heartbeat=self.health.beat,
-        )
+        if model is None:
+            self.scoring = PointScoring(
+                bundle, self.s.key_field, self.incidents, lambda: self.consumer,
+                self._replay_reader, mark=self.phases.mark,
+            )  # fmt: skip
+            return
+        assert self._replay_reader is not None
+        previous = self.scoring if isinstance(self.scoring, SeriesScoring) else None
+        self.scoring = SeriesScoring(
+            model, self.s, self.metrics.state, lambda: self.consumer, self._replay_reader,
+            previous=previous, heartbeat=self.health.beat, incidents=self.incidents,
+            mark=self.phases.mark,
+        )  # fmt: skip
 
     def _maybe_swap(self) -> None:
         bundle = self.watcher.take_pending()
@@ -331,38 +332,20 @@ class Worker:
         """Decode, score, emit and commit one batch (a batch that lost partitions meanwhile
         is redone without them)."""
         t0 = time.perf_counter()
-        bundle, spec = self._bundle, self._spec
-        assert bundle is not None and spec is not None
+        assert self._spec is not None
         records = [r for recs in held.values() for r in recs]
-        decoded = decode_batch([r.value for r in records], spec)
+        decoded = decode_batch([r.value for r in records], self._spec)
         self.phases.mark("decode")
-        if self.series is not None:
-            outputs = self._series_outputs(held, records, decoded)
-            if outputs is None:
-                return
-            self.phases.mark("score")  # restore (when due), push, score and events in one
-        else:
-            scored = score_batch(bundle, decoded.x) if decoded.x.shape[0] else None
-            self.phases.mark("score")
-            outputs = batch_outputs(
-                records,
-                decoded,
-                scored,
-                model_version=bundle.version,
-                feature_names=bundle.feature_names,
-                top_k=self.s.top_features,
-                output_topic=self.s.output_topic,
-                dlq_topic=self.s.dlq_topic,
-                detected_at=iso_utc(time.time()),
-            )
-        self.phases.mark("outputs")
+        outputs = self._scored_outputs(held, records, decoded)
+        if outputs is None:
+            return
         # a partition lost outside poll (expired membership) must not be emitted for any more:
         # rare, so simply redo the batch without it
         revoked = self.membership.tracker.take()
         if revoked & held.keys():
             log.warning("partitions revoked mid-batch; their records are left to the new owner")
-            if self.series is not None:
-                self.series.forget(set(held))  # pushed already: rebuilt before the redo
+            if self.scoring is not None:
+                self.scoring.forget(set(held))  # pushed already: rebuilt before the redo
             kept = dict(held)
             self.membership.release(revoked, kept, {})
             if kept:
@@ -375,30 +358,31 @@ class Worker:
         if not delivered:
             self._rewind(held)  # aborted: read the batch again
             return
+        self.on_delivered(outputs.records)
         self._account(records, outputs, t0)
         self.phases.mark("account")
         self._positions.update(offsets)
 
-    def _series_outputs(
+    def _scored_outputs(
         self, held: Held, records: list[InRecord], decoded: DecodedBatch
     ) -> BatchOutputs | None:
-        """A windowed model's outputs; None when a partition's state could not be restored
-        (the batch is read again after a pause)."""
-        assert self.series is not None and self._bundle is not None and self._spec is not None
-        settings = SeriesOutputSettings(
-            model_version=self._bundle.version,
-            channel_names=self._bundle.feature_names,
-            top_k=self.s.top_features,
-            output_topic=self.s.output_topic,
-            dlq_topic=self.s.dlq_topic,
-            detected_at=iso_utc(time.time()),
-        )
+        """The batch's outputs; None when a partition's state could not be restored (the batch
+        is read again after a pause)."""
+        assert self.scoring is not None and self._spec is not None
         try:
-            return self.series.batch_outputs(held, records, decoded, self._spec, settings)
+            return self.scoring.batch_outputs(
+                held, records, decoded, self._spec, self._output_settings()
+            )
         except ClientError as exc:
-            log.warning("cannot restore the series state (%s): reading the batch again", exc)
+            log.warning("cannot restore the partition state (%s): reading the batch again", exc)
             self._rewind(held)
             return None
+
+    def _output_settings(self) -> SeriesOutputSettings:
+        s, bundle = self.s, self._bundle
+        assert bundle is not None
+        now = iso_utc(time.time())
+        return SeriesOutputSettings(bundle.version, bundle.feature_names, s.top_features, s.output_topic, s.dlq_topic, now)  # fmt: skip
 
     def _account(self, records: list[InRecord], outputs: BatchOutputs, t0: float) -> None:
         """A delivered batch's metrics and recent-window statistics."""
@@ -411,6 +395,8 @@ class Worker:
         m.records.labels("normal").inc(n - n_anom - n_invalid - outputs.n_warming)
         if outputs.n_warming:
             m.records.labels("warming").inc(outputs.n_warming)
+        if outputs.incidents is not None and self.incidents is not None:
+            self.incidents.count(outputs.incidents)
         if n_invalid:
             m.records.labels("invalid").inc(n_invalid)
             for kind, k in collections.Counter(e.kind for _, e in outputs.errors).items():
@@ -428,8 +414,8 @@ class Worker:
     def _rewind(self, held: Held) -> None:
         """After an aborted transaction: read the batch again (same records, same results)."""
         assert self.consumer is not None
-        if self.series is not None:
-            self.series.forget(set(held))  # pushed already: rebuilt when read again
+        if self.scoring is not None:
+            self.scoring.forget(set(held))  # pushed already: rebuilt when read again
         assigned = self.consumer.assignment()
         for tp, recs in held.items():
             if tp in assigned:
@@ -443,6 +429,7 @@ class Worker:
         if now >= self._next_stats:
             self._next_stats = now + 1.0
             self._update_window_gauges()
+            self._close_idle_incidents()
         self.health.broker.coordinator(self.consumer.coordinator_known())
         if now >= self._next_probe:
             self._next_probe = now + PROBE_INTERVAL_S
@@ -454,6 +441,18 @@ class Worker:
         self.health.partitions = n_assigned
         self.metrics.partitions_assigned.set(n_assigned)
         self.membership.check(n_assigned)
+
+    def _close_idle_incidents(self) -> None:
+        """Incidents of partitions with nothing new close by the wall clock, sent like a batch
+        that commits the partitions' offsets again (an aborted one: rebuilt by replay).
+        Partitions not polled from since their assignment are restored first, so theirs can."""
+        if self.incidents is None or self.delivery is None or self.consumer is None:
+            return
+        if self.scoring is not None and self._spec is not None:
+            restore = functools.partial(self.scoring.restore_missing, spec=self._spec, out=self._output_settings())  # fmt: skip
+            self._positions = self.incidents.sweep(
+                self.consumer, restore, self.delivery.deliver, self._positions
+            )
 
     def _update_window_gauges(self) -> None:
         self.window.expire(time.time())

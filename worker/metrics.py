@@ -191,6 +191,58 @@ class StateMetrics:
         )
 
 
+INCIDENT_STATUSES = ("opened", "closed")
+# Why a feedback record was skipped (`worker.feedback`).
+FEEDBACK_REJECTIONS = ("not_json", "no_id", "two_ids", "bad_verdict", "unknown_id")
+
+
+class IncidentMetrics:
+    """Incidents (``ANOMALY_INCIDENT_TOPIC``): how many are open, how many opened and closed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.open = Gauge(
+            "anomaly_worker_incidents_open",
+            "Incidents open on this worker's partitions (opened, not yet closed).",
+            registry=registry,
+        )
+        self.total = Counter(
+            "anomaly_worker_incidents",
+            "Incident records written, by status (opened or closed; updates not counted).",
+            ["status"],
+            registry=registry,
+        )
+        for status in INCIDENT_STATUSES:
+            self.total.labels(status)
+
+
+class FeedbackMetrics:
+    """Analyst feedback (``ANOMALY_FEEDBACK_TOPIC``): verdicts by kind and model version, the
+    records skipped, and the precision of the recent verdicts."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.verdicts = Counter(
+            "anomaly_worker_feedback_verdicts",
+            "Verdicts on events and incidents this worker emitted.",
+            ["verdict", "kind", "model_version"],
+            registry=registry,
+        )
+        self.invalid = Counter(
+            "anomaly_worker_feedback_invalid",
+            "Feedback records skipped, by reason (not_json, no_id, two_ids, bad_verdict,"
+            " unknown_id).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in FEEDBACK_REJECTIONS:
+            self.invalid.labels(reason)
+        self.precision = Gauge(
+            "anomaly_worker_feedback_precision",
+            "Share of confirmed among the verdicts received over ANOMALY_FEEDBACK_WINDOW_S"
+            " (NaN while there are none).",
+            registry=registry,
+        )
+
+
 class WorkerMetrics:
     """Every metric the worker exports (names and labels are an interface, see PRODUCT.md)."""
 
@@ -326,6 +378,8 @@ class WorkerMetrics:
             registry=r,
         )
         self.state = StateMetrics(r)
+        self.incidents = IncidentMetrics(r)
+        self.feedback = FeedbackMetrics(r)
         self.last_batch_timestamp = Gauge(
             "anomaly_worker_last_batch_timestamp_seconds",
             "Unix time of the last processed batch.",

@@ -2,9 +2,13 @@
 
 An anomaly event is UTF-8 JSON keyed like its input record::
 
-    {"id", "score", "threshold", "severity", "model_version",
+    {"id", "event_id", "score", "threshold", "severity", "model_version",
      "source": {"topic", "partition", "offset", "timestamp_ms"},
      "top_features": [{"name", "error"}, ...], "detected_at"}
+
+plus ``"incident_id"`` when the anomaly belongs to an open incident (`worker.incident_room`).
+``event_id`` is stable: a UUIDv5 of the source topic, partition, offset and model version
+(`worker.incidents.event_id`), so a re-read batch repeats the ids of its events.
 
 A dead letter keeps the original key, value and headers and adds the ``dlq.*`` headers below.
 
@@ -26,6 +30,8 @@ import numpy as np
 from worker import decode as dec
 from worker.client import InRecord, OutRecord
 from worker.decode import DecodedBatch, DecodeError
+from worker.incident_room import IncidentOutcome, IncidentRoom, point_rows
+from worker.incidents import event_id
 from worker.scoring import BatchScores, top_features
 
 # Dead-letter headers (values are UTF-8 bytes).
@@ -67,10 +73,12 @@ def anomaly_event(
     timestamp_ms: int | None,
     top_features: list[tuple[str, float]],
     detected_at: str,
+    incident_id: str | None = None,
 ) -> bytes:
     """One anomaly event as UTF-8 JSON bytes."""
-    event = {
+    event: dict[str, Any] = {
         "id": record_id,
+        "event_id": event_id(topic, partition, offset, model_version),
         "score": score,
         "threshold": threshold,
         "severity": score / threshold if threshold > 0 else None,
@@ -84,6 +92,8 @@ def anomaly_event(
         "top_features": [{"name": n, "error": e} for n, e in top_features],
         "detected_at": detected_at,
     }
+    if incident_id is not None:
+        event["incident_id"] = incident_id
     return json.dumps(event, allow_nan=False, separators=(",", ":")).encode()
 
 
@@ -118,11 +128,13 @@ def dead_letter_headers(
 class BatchOutputs:
     """What one batch sends, and what its metrics count."""
 
-    records: list[OutRecord]  # anomaly events first, then dead letters in batch order
+    records: list[OutRecord]  # events, then incident records, then dead letters in batch order
     errors: list[tuple[int, DecodeError]]  # (position in the batch, why), in batch order
     n_anomalies: int
     finite_scores: np.ndarray  # the scores of the rows that were scored
     n_warming: int = 0  # windowed models: records that do not yet close a window of their key
+    # incidents on: the incident records (already in ``records``) and the counts they make
+    incidents: IncidentOutcome | None = None
 
 
 def batch_outputs(
@@ -136,14 +148,18 @@ def batch_outputs(
     output_topic: str,
     dlq_topic: str,
     detected_at: str,
+    incidents: IncidentRoom | None = None,
+    key_field: str | None = None,
 ) -> BatchOutputs:
     """Events for the anomalous rows, dead letters for the records that could not be scored
     (decoding errors, and rows whose reconstruction error overflowed). ``scored`` is None when
-    no record decoded."""
+    no record decoded. With ``incidents``, every scored row (series key from the Kafka key or
+    ``key_field``) is fed to them first and the incident records follow the events."""
     errors = decoded.errors
     outs: list[OutRecord] = []
     n_anomalies = 0
     finite_scores = np.zeros(0)
+    outcome: IncidentOutcome | None = None
     if scored is not None:
         if not scored.finite.all():
             overflowed = [
@@ -154,8 +170,14 @@ def batch_outputs(
         finite_scores = scored.scores[scored.finite]
         anomaly_rows = np.flatnonzero(scored.is_anomaly)
         n_anomalies = int(anomaly_rows.size)
+        tops = top_features(scored.feature_errors[anomaly_rows], feature_names, top_k)
+        incident_of: dict[int, str | None] = {}
+        if incidents is not None:
+            top_of = dict(zip(anomaly_rows.tolist(), tops, strict=True))
+            index, rows = point_rows(records, decoded, scored, top_of, key_field)
+            outcome = incidents.track(rows, model_version)
+            incident_of = dict(zip(index, outcome.ids, strict=True))
         if n_anomalies:
-            tops = top_features(scored.feature_errors[anomaly_rows], feature_names, top_k)
             for j, top in zip(anomaly_rows.tolist(), tops, strict=True):
                 r = records[decoded.valid_index[j]]
                 value = anomaly_event(
@@ -169,11 +191,14 @@ def batch_outputs(
                     timestamp_ms=r.timestamp,
                     top_features=top,
                     detected_at=detected_at,
+                    incident_id=incident_of.get(j),
                 )
                 outs.append(OutRecord(output_topic, r.key, value, []))
+    if outcome is not None:
+        outs += outcome.records
     for pos, err in errors:
         outs.append(dead_letter(records[pos], err, dlq_topic, model_version, detected_at))
-    return BatchOutputs(outs, errors, n_anomalies, finite_scores)
+    return BatchOutputs(outs, errors, n_anomalies, finite_scores, incidents=outcome)
 
 
 def dead_letter(

@@ -5,7 +5,8 @@ Records that do not yet close a window of their key are *warming*: counted, neve
 Bad records (undecodable, or an unusable series key) are dead-lettered and never enter a window,
 in the live path and in a restore alike (`replay_rows` decodes and keys re-read records as
 `push_batch` does live ones). Events add
-``"key"`` and ``"window": {"first_offset", "last_offset"}`` to the point model's, and their
+``"key"`` and ``"window": {"first_offset", "last_offset"}`` to the point model's (``event_id``
+and, in an incident, ``incident_id`` included), and their
 ``top_features`` name the channels that contribute most to the score (their mean element error
 over the window's scored last rows: the channels' errors average to the score, as a point
 model's features' do), each with how many steps back its largest element error in the whole
@@ -25,6 +26,8 @@ from anomaly_contract.windows import Window
 from worker import decode as dec
 from worker.client import InRecord, OutRecord, Partition
 from worker.decode import DecodedBatch, DecodeError, FeatureSpec, decode_batch
+from worker.incident_room import IncidentOutcome, IncidentRoom, ScoredRow, tracker_key
+from worker.incidents import ScoredRecord, event_id
 from worker.outputs import BatchOutputs, dead_letter
 from worker.series_keys import series_keys
 from worker.state import RowsOf, SeriesStateRoom
@@ -147,10 +150,12 @@ def series_event(
     model_version: str,
     top_features: list[dict[str, Any]],
     detected_at: str,
+    incident_id: str | None = None,
 ) -> bytes:
     """One windowed model's anomaly event as UTF-8 JSON bytes."""
-    event = {
+    event: dict[str, Any] = {
         "id": record_id,
+        "event_id": event_id(record.topic, record.partition, record.offset, model_version),
         "key": key,
         "score": score,
         "threshold": threshold,
@@ -166,6 +171,8 @@ def series_event(
         "top_features": top_features,
         "detected_at": detected_at,
     }
+    if incident_id is not None:
+        event["incident_id"] = incident_id
     return json.dumps(event, allow_nan=False, separators=(",", ":")).encode()
 
 
@@ -181,25 +188,116 @@ class SeriesOutputSettings:
     detected_at: str
 
 
+@dataclass
+class ScoredWindows:
+    """A batch's full windows scored: scores, thresholds, which are finite and anomalous, and
+    the top channels of each anomalous one (by its index among the windows)."""
+
+    scores: np.ndarray
+    thresholds: np.ndarray
+    finite: np.ndarray
+    anomalous: np.ndarray  # indices, ascending
+    tops: dict[int, list[dict[str, Any]]]
+
+
+def score_pushed(
+    model: WindowScorer, windows: Sequence[Window], keys: Sequence[str], names: list[str], k: int
+) -> ScoredWindows:
+    """Score full windows in one call and rank the anomalous ones' channels."""
+    scored = model.score_windows(np.stack([w.values for w in windows]), keys)
+    scores = np.asarray(scored.scores, dtype=np.float64)
+    thresholds = np.asarray(scored.thresholds, dtype=np.float64)
+    finite = np.isfinite(scores)
+    anomalous = np.flatnonzero(finite & (scores > thresholds))
+    tops: dict[int, list[dict[str, Any]]] = {}
+    if anomalous.size:
+        element_errors = np.asarray(scored.element_errors)[anomalous]
+        ranked = window_top_features(element_errors, names, k, model.score_steps)
+        tops = dict(zip(anomalous.tolist(), ranked, strict=True))
+    return ScoredWindows(scores, thresholds, finite, anomalous, tops)
+
+
+def window_rows(
+    records: Sequence[InRecord],
+    decoded: DecodedBatch,
+    pushed: PushedBatch,
+    scored: ScoredWindows,
+    chosen: Sequence[int] | None = None,
+) -> tuple[list[int], list[ScoredRow]]:
+    """The scored windows (``chosen`` of them; default: every finite one) as rows for
+    `IncidentRoom.track`, each with its window's first offset as where a replay starts."""
+    index = np.flatnonzero(scored.finite).tolist() if chosen is None else list(chosen)
+    rows: list[ScoredRow] = []
+    for i in index:
+        r = records[decoded.valid_index[pushed.rows[i]]]
+        score, threshold = float(scored.scores[i]), float(scored.thresholds[i])
+        top = scored.tops.get(i, ())
+        record = ScoredRecord(
+            key=tracker_key(pushed.keys[i], r.partition),
+            timestamp_ms=r.timestamp,
+            offset=r.offset,
+            is_anomaly=score > threshold,
+            severity=score / threshold if threshold > 0 else 0.0,
+            contributions={f["name"]: f["error"] for f in top},
+            replay_from=pushed.windows[i].first_offset,
+        )
+        rows.append((r, record))
+    return index, rows
+
+
+def replay_window_rows(
+    records: Sequence[InRecord],
+    decoded: DecodedBatch,
+    pushed: PushedBatch,
+    model: WindowScorer,
+    out: SeriesOutputSettings,
+    from_offset: int,
+) -> list[ScoredRow]:
+    """A restore's re-read chunk (already pushed): its windows of records at ``from_offset``
+    or later, scored as live, as rows to rebuild the incidents from."""
+    chosen = [
+        i
+        for i, row in enumerate(pushed.rows)
+        if records[decoded.valid_index[row]].offset >= from_offset
+    ]
+    if not chosen:
+        return []
+    scored = score_pushed(
+        model,
+        [pushed.windows[i] for i in chosen],
+        [pushed.keys[i] for i in chosen],
+        out.channel_names,
+        out.top_k,
+    )
+    sub = PushedBatch(
+        [pushed.windows[i] for i in chosen],
+        [pushed.keys[i] for i in chosen],
+        [pushed.rows[i] for i in chosen],
+        [],
+        0,
+    )
+    return window_rows(records, decoded, sub, scored)[1]
+
+
 def series_outputs(
     records: Sequence[InRecord],
     decoded: DecodedBatch,
     pushed: PushedBatch,
     model: WindowScorer,
     out: SeriesOutputSettings,
+    incidents: IncidentRoom | None = None,
 ) -> BatchOutputs:
     """Score the batch's full windows in one call; events for the anomalous ones, dead letters
-    for bad records and windows whose error overflowed."""
+    for bad records and windows whose error overflowed. With ``incidents``, every scored window
+    is fed to them first and the incident records follow the events."""
     errors = pushed.errors
     outs: list[OutRecord] = []
     finite_scores = np.zeros(0)
     n_anomalies = 0
+    outcome: IncidentOutcome | None = None
     if pushed.windows:
-        stacked = np.stack([w.values for w in pushed.windows])
-        scored = model.score_windows(stacked, pushed.keys)
-        scores = np.asarray(scored.scores, dtype=np.float64)
-        thresholds = np.asarray(scored.thresholds, dtype=np.float64)
-        finite = np.isfinite(scores)
+        scored = score_pushed(model, pushed.windows, pushed.keys, out.channel_names, out.top_k)
+        scores, thresholds, finite = scored.scores, scored.thresholds, scored.finite
         if not finite.all():
             overflowed = [
                 (decoded.valid_index[pushed.rows[i]], DecodeError(dec.NON_FINITE_SCORE, "the reconstruction error overflowed"))
@@ -207,30 +305,34 @@ def series_outputs(
             ]  # fmt: skip
             errors = sorted(errors + overflowed, key=lambda e: e[0])
         finite_scores = scores[finite]
-        anomalous = np.flatnonzero(finite & (scores > thresholds))
-        n_anomalies = int(anomalous.size)
-        if n_anomalies:
-            element_errors = np.asarray(scored.element_errors)[anomalous]
-            tops = window_top_features(
-                element_errors, out.channel_names, out.top_k, model.score_steps
+        n_anomalies = int(scored.anomalous.size)
+        incident_of: dict[int, str | None] = {}
+        if incidents is not None:
+            index, rows = window_rows(records, decoded, pushed, scored)
+            outcome = incidents.track(rows, out.model_version)
+            incident_of = dict(zip(index, outcome.ids, strict=True))
+        for i in scored.anomalous.tolist():
+            j = pushed.rows[i]
+            r = records[decoded.valid_index[j]]
+            value = series_event(
+                record=r,
+                record_id=decoded.ids[j],
+                key=pushed.keys[i],
+                window=pushed.windows[i],
+                score=float(scores[i]),
+                threshold=float(thresholds[i]),
+                model_version=out.model_version,
+                top_features=scored.tops[i],
+                detected_at=out.detected_at,
+                incident_id=incident_of.get(i),
             )
-            for i, top in zip(anomalous.tolist(), tops, strict=True):
-                j = pushed.rows[i]
-                r = records[decoded.valid_index[j]]
-                value = series_event(
-                    record=r,
-                    record_id=decoded.ids[j],
-                    key=pushed.keys[i],
-                    window=pushed.windows[i],
-                    score=float(scores[i]),
-                    threshold=float(thresholds[i]),
-                    model_version=out.model_version,
-                    top_features=top,
-                    detected_at=out.detected_at,
-                )
-                outs.append(OutRecord(out.output_topic, r.key, value, []))
+            outs.append(OutRecord(out.output_topic, r.key, value, []))
+        if outcome is not None:
+            outs += outcome.records
     for pos, err in errors:
         outs.append(
             dead_letter(records[pos], err, out.dlq_topic, out.model_version, out.detected_at)
         )
-    return BatchOutputs(outs, errors, n_anomalies, finite_scores, n_warming=pushed.n_warming)
+    return BatchOutputs(
+        outs, errors, n_anomalies, finite_scores, n_warming=pushed.n_warming, incidents=outcome
+    )

@@ -2,22 +2,33 @@
 
 Built by the loop when the installed model is windowed (its manifest has a ``series`` section);
 point models never reach this module. It owns the state room (`worker.state`) and the reader a
-restore re-reads the input with, and tells the client what to commit with each offset.
+restore re-reads the input with, and tells the client what to commit with each offset. With
+incidents on (`worker.incident_room`) it feeds them every scored window, and a restore of a
+partition without incident state also scores the re-read records from the incidents' replay
+start on and feeds them (nothing emitted).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from anomaly_contract.artifact import ModelBundle
 from anomaly_contract.series import SeriesModel, SeriesState
 from worker.client import ConsumerClient, InRecord, Partition
-from worker.decode import DecodedBatch, FeatureSpec
+from worker.decode import DecodedBatch, FeatureSpec, decode_batch
+from worker.incident_room import IncidentRoom, ScoredRow, first_offsets
 from worker.membership import COMMITTED_TIMEOUT_MS, Held
 from worker.metrics import StateMetrics
 from worker.outputs import BatchOutputs
-from worker.series_batch import SeriesOutputSettings, push_batch, replay_rows, series_outputs
+from worker.series_batch import (
+    SeriesOutputSettings,
+    push_batch,
+    replay_rows,
+    replay_window_rows,
+    series_outputs,
+)
 from worker.settings import WorkerSettings
 from worker.state import ReplayReader, SeriesStateRoom
 
@@ -41,8 +52,12 @@ class SeriesScoring:
         reader: ReplayReader,
         previous: SeriesScoring | None = None,
         heartbeat: Callable[[], None] = lambda: None,
+        incidents: IncidentRoom | None = None,
+        mark: Callable[[str], None] = lambda phase: None,
     ) -> None:
         self.model = model
+        self._mark = mark  # the loop's phase clock
+        self.incidents = incidents
         self._heartbeat = heartbeat
         self.key_field = settings.key_field
         self._consumer = consumer
@@ -62,13 +77,21 @@ class SeriesScoring:
         )
 
     def commit_metadata(self, tp: Partition, offset: int) -> str:
-        return self.room.commit_metadata(tp, offset)
+        metadata = self.room.commit_metadata(tp, offset)
+        if self.incidents is None:
+            return metadata
+        return self.incidents.commit_metadata(tp, offset, metadata)
 
-    def restore_missing(self, held: Held, spec: FeatureSpec) -> None:
-        """Restore every partition of the batch the room holds no state for (just assigned, or
-        dropped after a model swap or an aborted batch), up to its first record in the batch.
-        Raises `ClientError` when the broker cannot serve the restore."""
-        missing = [tp for tp in held if tp not in self.room and held[tp]]
+    def restore_missing(
+        self, firsts: Mapping[Partition, int], spec: FeatureSpec, out: SeriesOutputSettings
+    ) -> None:
+        """Restore every partition of ``firsts`` (partition -> the first offset about to be
+        scored) the room holds no state for (just assigned, or dropped after a model swap or an
+        aborted batch), or, incidents on, whose incidents are missing, up to that offset. Raises
+        `ClientError` when the broker cannot serve the restore."""
+        incidents = self.incidents
+        lost = set(incidents.missing(firsts)) if incidents is not None else set()
+        missing = [tp for tp in firsts if tp not in self.room or tp in lost]
         if not missing:
             return
         consumer = self._consumer()
@@ -76,9 +99,40 @@ class SeriesScoring:
         rows_of = replay_rows(spec, self.key_field)
         for tp in sorted(missing):
             metadata = consumer.committed_metadata(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-            self.room.restore(
-                tp, held[tp][0].offset, metadata, self._reader, rows_of, self._heartbeat
+            until = firsts[tp]
+            if incidents is None or tp not in lost:
+                self.room.restore(tp, until, metadata, self._reader, rows_of, self._heartbeat)
+                continue
+            incidents.set_model_version(out.model_version)
+            start = incidents.replay_start(tp, metadata, until)
+            feed = incidents.begin_replay(tp)
+
+            replay_chunk = functools.partial(
+                self._replay_chunk, spec=spec, out=out, start=start, feed=feed
             )
+            try:
+                self.room.restore(
+                    tp, until, metadata, self._reader, rows_of, self._heartbeat,
+                    needed_from=start, replay_chunk=replay_chunk,
+                )  # fmt: skip
+            except BaseException:
+                incidents.forget([tp])
+                raise
+
+    def _replay_chunk(
+        self,
+        chunk: list[InRecord],
+        *,
+        spec: FeatureSpec,
+        out: SeriesOutputSettings,
+        start: int,
+        feed: Callable[[list[ScoredRow]], None],
+    ) -> None:
+        """Push one re-read chunk as live, score its windows from ``start`` on for the
+        incidents."""
+        decoded = decode_batch([r.value for r in chunk], spec)
+        pushed = push_batch(self.room, chunk, decoded, self.key_field)
+        feed(replay_window_rows(chunk, decoded, pushed, self.model, out, start))
 
     def batch_outputs(
         self,
@@ -90,11 +144,19 @@ class SeriesScoring:
     ) -> BatchOutputs:
         """Restore, push and score one batch (its offsets' replay starts are noted for the
         commit before anything is sent)."""
-        self.restore_missing(held, spec)
+        self.restore_missing(first_offsets(held), spec, out)
         pushed = push_batch(self.room, records, decoded, self.key_field)
-        self.room.end_batch({tp: recs[-1].offset + 1 for tp, recs in held.items() if recs})
-        return series_outputs(records, decoded, pushed, self.model, out)
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in held.items() if recs}
+        self.room.end_batch(offsets)
+        outputs = series_outputs(records, decoded, pushed, self.model, out, self.incidents)
+        if self.incidents is not None:
+            self.incidents.end_batch(offsets)
+        self._mark("score")  # restore (when due), push, score and events in one
+        self._mark("outputs")
+        return outputs
 
     def forget(self, partitions: set[Partition] | None) -> None:
         """Partitions revoked, or a batch redone (None: all): their state is rebuilt on demand."""
         self.room.drop(partitions)
+        if self.incidents is not None:
+            self.incidents.forget(partitions)

@@ -142,6 +142,19 @@ class WorkerSettings(KafkaSecurity):
         description="at most one 'updated' record per incident per this much record time",
     )
 
+    # --- feedback ------------------------------------------------------------------------------
+    feedback_topic: str | None = Field(
+        None,
+        description="topic of analyst verdicts on events and incidents (read whole by every"
+        " worker, from its end); unset or empty = no feedback",
+    )
+    feedback_window_s: float = Field(
+        3600.0, gt=0, description="window of the feedback precision gauge"
+    )
+    feedback_max_ids: int = Field(
+        100_000, ge=1, description="event and incident ids remembered for their verdicts"
+    )
+
     # --- batching ------------------------------------------------------------------------------
     batch_max_records: int = Field(1000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(100, ge=0, le=60_000)
@@ -198,14 +211,14 @@ class WorkerSettings(KafkaSecurity):
     def _check_key_field(cls, value: str | None) -> str | None:
         return value if value else None  # ANOMALY_KEY_FIELD="" means the Kafka record key
 
-    @field_validator("incident_topic")
+    @field_validator("incident_topic", "feedback_topic")
     @classmethod
-    def _check_incident_topic(cls, value: str | None) -> str | None:
+    def _check_optional_topic(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
-            return None  # ANOMALY_INCIDENT_TOPIC="" switches incidents off
+            return None  # ANOMALY_INCIDENT_TOPIC="" (or FEEDBACK_TOPIC) switches it off
         value = value.strip()
         if not is_topic_name(value):
-            raise ValueError(f"invalid incident topic {value!r}: letters, digits, . _ - only")
+            raise ValueError(f"invalid topic {value!r}: letters, digits, . _ - only")
         return value
 
     @model_validator(mode="after")
@@ -226,6 +239,10 @@ class WorkerSettings(KafkaSecurity):
         if self.incident_topic is not None and self.incident_topic in taken:
             raise ValueError(
                 "incident_topic must not be the input, output, dead-letter or model topic"
+            )
+        if self.feedback_topic is not None and self.feedback_topic in taken | {self.incident_topic}:
+            raise ValueError(
+                "feedback_topic must not be the input, output, dead-letter, model or incident topic"
             )
         return self
 

@@ -234,10 +234,17 @@ class SeriesStateRoom:
         reader: ReplayReader,
         rows_of: RowsOf,
         heartbeat: Callable[[], None] = lambda: None,
+        *,
+        needed_from: int | None = None,
+        replay_chunk: Callable[[list[InRecord]], None] | None = None,
     ) -> int:
         """Rebuild ``tp``'s state from scratch as it was before offset ``until`` (the first
         record about to be scored): re-read the partition from the replay start its commit
         carried and push every record, scoring nothing. Returns the records re-read.
+
+        ``needed_from``: an earlier start someone else needs (the incidents' runs), still no
+        further back than the cap. ``replay_chunk``: pushes each re-read chunk instead of
+        ``rows_of`` (through `push`, as the live path does), free to score what it needs.
 
         Without metadata (no commit, or one by a worker without windowed state) it reads back
         the cap. Raises the reader's `ClientError` when the partition cannot be read; the
@@ -248,14 +255,19 @@ class SeriesStateRoom:
         plan = ReplayPlan.from_metadata(committed_metadata)
         floor = max(0, until - self.replay_cap)
         start = floor if plan is None else max(plan.start, floor)
+        if needed_from is not None:
+            start = max(min(start, needed_from), floor)
         self.drop([tp])
         part = self._part(tp)
         n_read = 0
         try:
             for records in reader.read(tp, start, until):
                 n_read += len(records)
-                for key, vector, offset in rows_of(records):
-                    self.push(tp, key, vector, offset)
+                if replay_chunk is not None:
+                    replay_chunk(records)
+                else:
+                    for key, vector, offset in rows_of(records):
+                        self.push(tp, key, vector, offset)
                 heartbeat()
         except BaseException:
             self.drop([tp])

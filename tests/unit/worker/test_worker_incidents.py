@@ -320,3 +320,18 @@ def test_random_streams_replay_and_restore_identically(seed: int) -> None:
         restored = IncidentTracker.from_state(rules, state, now_ms=WALL)
         more, more_ids = feed(restored, records[cut:], batch)
         assert (out + more, ids + more_ids) == (expected, expected_ids)
+
+
+def test_replay_start_is_the_earliest_held_runs_start() -> None:
+    tracker = IncidentTracker(RULES, TOPIC, PARTITION)
+    assert tracker.replay_start() is None
+    first = ScoredRecord("m1", 1_000, 5, True, 2.0, {}, replay_from=2)  # a window from offset 2
+    tracker.process([first, anomaly(2_000, 6, key="m2")], model_version="v1", now_ms=WALL)
+    assert tracker.replay_start() == 2  # the run of m1, not yet an incident, counts too
+    # m1's run ends (m2 moves the clock past its gap); m2's own run is then the earliest
+    tracker.process([anomaly(11_500, 7, key="m2")], model_version="v1", now_ms=WALL)
+    assert tracker.replay_start() == 6
+    restored = IncidentTracker.from_state(RULES, tracker.export_state(), now_ms=WALL)
+    assert restored.replay_start() == 6
+    tracker.process([normal(30_000, 8, key="m3")], model_version="v1", now_ms=WALL)
+    assert tracker.replay_start() is None

@@ -8,6 +8,7 @@ from datetime import datetime
 import pytest
 
 from worker import outputs as ev
+from worker.incidents import event_id
 
 
 def test_anomaly_event_shape() -> None:
@@ -25,9 +26,10 @@ def test_anomaly_event_shape() -> None:
     )
     event = json.loads(raw)
     assert set(event) == {
-        "id", "score", "threshold", "severity", "model_version", "source", "top_features",
-        "detected_at",
+        "id", "event_id", "score", "threshold", "severity", "model_version", "source",
+        "top_features", "detected_at",
     }  # fmt: skip
+    assert event["event_id"] == event_id("in", 2, 41, "v3")  # no incident_id: in none
     assert event["severity"] == 2.0
     assert event["source"] == {
         "topic": "in",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_client import FakeConsumer
-from worker_runs import TOPIC, Run
+from worker_runs import TOPIC, Run, successor
 from worker_series_models import CHANNELS, keyed_series, publish_series_model, records
 
 from anomaly_contract.model_dir import load_bundle
@@ -20,25 +20,9 @@ from worker.loop import EXIT_OK
 from worker.outputs import H_ERROR_CLASS
 from worker.state import ReplayPlan
 
-WINDOW = 8
+WINDOW = 8  # the conftest's series model: SERIES_WINDOW, SERIES_TRAINED
 TRAINED = [f"m{i}" for i in range(6)]
 BAD = b"not json"
-
-
-@pytest.fixture(scope="session")
-def _series_published(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("series-model") / "models"
-    x, keys = keyed_series(3000, TRAINED, seed=0, spike_rate=0.0)
-    publish_series_model(path, x, keys, window=WINDOW, percentile=95.0)
-    return path
-
-
-@pytest.fixture
-def series_dir(tmp_path: Path, _series_published: Path) -> Path:
-    import shutil
-
-    shutil.copytree(_series_published, tmp_path / "models")
-    return tmp_path / "models"
 
 
 @dataclass
@@ -99,22 +83,6 @@ def test_windowed_events_match_the_offline_scores_row_by_row(series_dir: Path) -
     assert run.registry.get_sample_value("anomaly_worker_series_keys") == 7  # m0..m5, new1
 
 
-def _successor(consumer: FakeConsumer, run: Run, delivery: str) -> FakeConsumer:
-    """A fresh group member that takes over ``consumer``'s partitions where the group's
-    commits (or, exactly once, the last transaction's offsets) left them."""
-    fresh = FakeConsumer(TOPIC, n_partitions=len(consumer.log))
-    fresh.log = consumer.log
-    if delivery == "exactly_once":
-        for offsets, metadata in zip(run.producer.txn_offsets, run.producer.txn_metadata, strict=True):  # fmt: skip
-            fresh.committed_offsets.update(offsets)
-            fresh.committed_meta.update(metadata)
-    else:
-        fresh.committed_offsets = dict(consumer.committed_offsets)
-        fresh.committed_meta = dict(consumer.committed_meta)
-    fresh.positions = {tp: fresh.committed_offsets.get(tp, 0) for tp in fresh.log}
-    return fresh
-
-
 @pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
 def test_a_new_worker_restores_every_window_before_scoring(series_dir: Path, delivery: str) -> None:
     consumer = FakeConsumer(TOPIC, n_partitions=2)
@@ -127,8 +95,8 @@ def test_a_new_worker_restores_every_window_before_scoring(series_dir: Path, del
         plans = [ReplayPlan.from_metadata(m) for m in run1.producer.txn_metadata[-1].values()]
     assert plans and all(p is not None and p.start > 0 for p in plans)
     second = Stream.produce(consumer, x[800:], keys[800:])
-    successor = _successor(consumer, run1, delivery)
-    run2 = Run(series_dir, successor, batch_max_records=60, delivery=delivery)
+    fresh = successor(consumer, run1, delivery)
+    run2 = Run(series_dir, fresh, batch_max_records=60, delivery=delivery)
     assert run2.run() == EXIT_OK
     # the restore re-read each partition from its plan up to its committed offset
     starts = {tp.partition: start for tp, start, _ in run2.replay_reader.reads}

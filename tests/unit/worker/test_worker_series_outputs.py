@@ -9,6 +9,7 @@ import numpy as np
 from fake_client import FakeRecord
 
 from anomaly_contract.windows import Window
+from worker.incidents import event_id
 from worker.series_batch import series_event, window_top_features
 
 NAMES = ["temp", "rpm", "load"]
@@ -50,10 +51,12 @@ def test_a_series_event_carries_the_key_and_the_window():
             model_version="v2",
             top_features=[{"name": "temp", "steps_back": 1, "error": 5.0}],
             detected_at="2026-12-02T00:00:00.000Z",
+            incident_id="i-1",
         )
     )
     assert event == {
         "id": "r41",
+        "event_id": event_id("in", 2, 41, "v2"),
         "key": "m1",
         "score": 3.0,
         "threshold": 1.5,
@@ -63,4 +66,5 @@ def test_a_series_event_carries_the_key_and_the_window():
         "window": {"first_offset": 30, "last_offset": 41},
         "top_features": [{"name": "temp", "steps_back": 1, "error": 5.0}],
         "detected_at": "2026-12-02T00:00:00.000Z",
+        "incident_id": "i-1",
     }

@@ -92,6 +92,11 @@ def test_secrets_are_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--incident-gap-s", "0"],
         ["--incident-min-anomalies", "0"],
         ["--incident-update-s", "-1"],
+        ["--feedback-topic", "has space"],
+        ["--feedback-topic", "anomalies"],  # the output topic
+        ["--feedback-topic", "x", "--incident-topic", "x"],
+        ["--feedback-window-s", "0"],
+        ["--feedback-max-ids", "0"],
     ],
 )
 def test_bad_settings_are_rejected(argv: list[str]) -> None:

@@ -72,3 +72,32 @@ class Run:
     def count(self, outcome: str) -> float:
         value = self.registry.get_sample_value("anomaly_worker_records_total", {"outcome": outcome})
         return value or 0.0
+
+
+def successor(consumer: FakeConsumer, run: Run, delivery: str) -> FakeConsumer:
+    """A fresh group member that takes over ``consumer``'s partitions where the group's
+    commits (or, exactly once, the last transaction's offsets) left them."""
+    fresh = FakeConsumer(consumer.topic, n_partitions=len(consumer.log))
+    fresh.log = consumer.log
+    if delivery == "exactly_once":
+        for offsets, metadata in zip(run.producer.txn_offsets, run.producer.txn_metadata, strict=True):  # fmt: skip
+            fresh.committed_offsets.update(offsets)
+            fresh.committed_meta.update(metadata)
+    else:
+        fresh.committed_offsets = dict(consumer.committed_offsets)
+        fresh.committed_meta = dict(consumer.committed_meta)
+    fresh.positions = {tp: fresh.committed_offsets.get(tp, 0) for tp in fresh.log}
+    return fresh
+
+
+def rounded(value: object) -> object:
+    """``value`` with its floats to 9 significant digits, for comparing two runs' outputs: a
+    restore scores in other batch sizes than the live path, which may move the last bits of a
+    matrix product."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
