@@ -39,6 +39,14 @@ from anomaly_contract import artifact
 from anomaly_contract.errors import ConfigError, DataError
 from trainer import calibration
 from trainer.calibration import OUTLIER_FENCE_IQR, outlier_fence
+from trainer.feedback import FeedbackLabels
+from trainer.fit_feedback import (
+    false_positive_rows,
+    feedback_note,
+    feedback_summary,
+    merge_labels,
+    raised_threshold,
+)
 from trainer.fit_manifest import build_manifest, threshold_notes, validation_metrics
 from trainer.models import ModelSpec, make_spec
 from trainer.progress import Progress, track
@@ -137,6 +145,9 @@ class RowSplit:
     train: np.ndarray
     validation: np.ndarray
     calibration: np.ndarray
+    # Normal rows an analyst called false positives: all in ``train``, and calibrated on.
+    false_positive: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    confirmed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,8 @@ class Threshold:
     fence: float
     outlier_rows: np.ndarray  # input rows beyond the fence, sorted
     seconds: float
+    before_feedback: float = math.nan  # the percentile's value, before false positives raised it
+    false_positive_above: int = 0  # false-positive rows still above ``value``
 
 
 def split_normal_rows(
@@ -281,15 +294,23 @@ def fit_model(
     source: str = "array",
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    feedback: FeedbackLabels | None = None,
 ) -> TrainedModel:
     """Train, early-stop and calibrate an autoencoder on the normal rows of ``x``.
 
-    Raises `DataError`/`ConfigError` before any training when the data or options cannot work.
+    ``feedback`` (one label per row of ``x``) leaves confirmed rows out and trains and
+    calibrates on false positives (`trainer.fit_feedback`). Raises `DataError`/`ConfigError`
+    before any training when the data or options cannot work.
     """
     opts = options or FitOptions()
     say = (lambda _msg: None) if quiet else (log or (lambda msg: print(msg, file=sys.stderr)))
     x, labels = _check_inputs(x, feature_names, labels, opts)
-    split = _split_rows(labels, x.shape[0], opts)
+    if feedback is not None and feedback.rows.shape != (x.shape[0],):
+        raise DataError(f"{feedback.rows.shape[0]} feedback labels for {x.shape[0]} rows")
+    labels = merge_labels(labels, feedback, x.shape[0])
+    split = _split_rows(labels, x.shape[0], opts, false_positive_rows(labels, feedback))
+    if feedback is not None:
+        split = replace(split, confirmed=np.flatnonzero(feedback.confirmed & (labels != 0)))
     choices = _choose_defaults(opts, x.shape[1], split)
     training = _train(x, split, choices, opts, say, quiet=quiet)
     heldout = _score_heldout(split, choices, training)
@@ -306,6 +327,15 @@ def fit_model(
         metrics=validation_metrics(split, training, heldout, threshold, opts),
         notes=notes,
     )
+    if feedback is not None:
+        summary = feedback_summary(
+            feedback,
+            threshold_before=threshold.before_feedback,
+            threshold_after=threshold.value,
+            false_positive_above=threshold.false_positive_above,
+        )
+        notes = [*notes, feedback_note(summary, threshold.value)]
+        manifest = manifest.model_copy(update={"feedback": summary, "notes": notes})
     return TrainedModel(
         model=training.model,
         scaler=training.scaler,
@@ -358,16 +388,32 @@ def _check_inputs(
     return x, labels
 
 
-def _split_rows(labels: np.ndarray | None, n_total: int, opts: FitOptions) -> RowSplit:
-    """Leave labelled anomalies out and cut the normal rows into train, validation, calibration."""
+def _split_rows(
+    labels: np.ndarray | None,
+    n_total: int,
+    opts: FitOptions,
+    false_positive: np.ndarray | None = None,
+) -> RowSplit:
+    """Leave labelled anomalies out and cut the normal rows into train, validation, calibration;
+    ``false_positive`` rows (normal ones) all go to train."""
     if labels is not None:
         normal, anomalies = np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)
     else:
         normal, anomalies = np.arange(n_total), np.arange(0)
+    fp = np.zeros(0, np.int64) if false_positive is None else np.asarray(false_positive, np.int64)
+    rest = np.setdiff1d(normal, fp) if fp.size else normal
     train, val, cal = split_normal_rows(
-        normal.size, opts.validation_split, opts.calibration_split, opts.seed
+        rest.size, opts.validation_split, opts.calibration_split, opts.seed
     )
-    return RowSplit(labels, normal, anomalies, normal[train], normal[val], normal[cal])
+    return RowSplit(
+        labels,
+        normal,
+        anomalies,
+        np.concatenate([rest[train], fp]),
+        rest[val],
+        rest[cal],
+        false_positive=fp,
+    )
 
 
 def _choose_defaults(opts: FitOptions, n_features: int, split: RowSplit) -> FitChoices:
@@ -491,7 +537,30 @@ def _calibrate(
         rows = split.normal
     else:
         errors, rows = heldout.calibration_errors, split.calibration
+    fp_errors = reconstruction_errors(
+        training.model,
+        training.scaled[split.false_positive],
+        choices.spec.input_shape,
+        choices.error,
+    )
+    if choices.method == "holdout" and split.false_positive.size:
+        errors = np.concatenate([errors, fp_errors])
+        rows = np.concatenate([rows, split.false_positive])
     seconds = time.perf_counter() - started
     fence = outlier_fence(errors, opts.outlier_fence)
-    value, stats = calibration.calibrate(errors, opts.percentile, fence=fence)
-    return Threshold(value, stats, errors, rows, fence, np.sort(rows[errors > fence]), seconds)
+    percentile_value, stats = calibration.calibrate(errors, opts.percentile, fence=fence)
+    confirmed_errors = heldout.errors[np.isin(heldout.rows, split.confirmed)]
+    value = raised_threshold(percentile_value, fp_errors, confirmed_errors)
+    outliers = rows[errors > fence]
+    outliers = np.sort(outliers[~np.isin(outliers, split.false_positive)])
+    return Threshold(
+        value,
+        stats,
+        errors,
+        rows,
+        fence,
+        outliers,
+        seconds,
+        before_feedback=percentile_value,
+        false_positive_above=int((fp_errors > value).sum()),
+    )
