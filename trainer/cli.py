@@ -23,6 +23,7 @@ from anomaly_contract.kafka_connection import (
     load_connection,
     read_secret_file,
 )
+from trainer.cli_feedback import add_threshold_command, feedback_options
 from trainer.commands import (
     PROG,
     cmd_decode,
@@ -35,7 +36,6 @@ from trainer.commands import (
     cmd_score,
     cmd_versions,
 )
-from trainer.commands_feedback import cmd_threshold
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_training_options(p)
     _fit_output_options(p)
     _publish_topic(p)
-    _feedback_options(p)
+    feedback_options(p)
     g = p.add_argument_group("retraining")
     g.add_argument(
         "--exclude-flagged",
@@ -292,70 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-current", action="store_true", help="send the version without making it current"
     )
-    p = _command(
-        sub,
-        "threshold",
-        "propose a threshold from analyst feedback on events; --publish makes it a new version",
-        cmd_threshold,
-    )
-    _model_dir(p)
-    _version(p)
-    _feedback_options(p, required=True)
-    rule = p.add_mutually_exclusive_group(required=True)
-    rule.add_argument(
-        "--target-precision",
-        type=float,
-        metavar="P",
-        help="the threshold with the highest recall whose precision on the labelled events is >= P",
-    )
-    rule.add_argument(
-        "--max-f1",
-        action="store_true",
-        help="the threshold with the highest F1 on the labelled events",
-    )
-    p.add_argument(
-        "--report",
-        type=Path,
-        metavar="DIR",
-        help="write threshold.png here (default: MODEL_DIR/reports/)",
-    )
-    p.add_argument("--publish", action="store_true", help="publish the proposal as a new version")
-    p.add_argument(
-        "--keep",
-        type=int,
-        default=artifact.DEFAULT_KEEP,
-        help=f"versions to keep (default {artifact.DEFAULT_KEEP})",
-    )
-    _publish_topic(p)
+    add_threshold_command(sub, _command, _model_dir, _version, _publish_topic)
     # Every command may read kafka:// data or a model topic.
     for command in sub.choices.values():
         _kafka_options(command)
     return parser
-
-
-def _feedback_options(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    g = p.add_argument_group(
-        "analyst feedback",
-        "verdicts on events and incidents: confirmed rows are left out of training, false "
-        "positives trained on and calibrated on (see the README, Feedback)",
-    )
-    g.add_argument(
-        "--feedback",
-        required=required,
-        metavar="SOURCE",
-        help="kafka://HOST:PORT/FEEDBACK_TOPIC?events=OUTPUT_TOPIC[&incidents=INCIDENT_TOPIC], "
-        "or a JSON Lines file of feedback records",
-    )
-    g.add_argument(
-        "--feedback-events",
-        metavar="FILE",
-        help="with a feedback file: the anomaly events (.jsonl)",
-    )
-    g.add_argument(
-        "--feedback-incidents",
-        metavar="FILE",
-        help="with a feedback file: the incident records (.jsonl)",
-    )
 
 
 def _series_options(p: argparse.ArgumentParser, *, fit: bool = False) -> None:

@@ -138,6 +138,10 @@ def fit_series_model(
         score_steps,
     )
     trained_on = even_subsample(parts.train, max_train_windows)
+    if fp_windows.size:  # false positives always train: the subsample could drop some
+        rest = np.setdiff1d(parts.train, fp_windows)
+        limit = max(1, max_train_windows - fp_windows.size)
+        trained_on = np.union1d(even_subsample(rest, limit), fp_windows)
     model, history, seconds = _train(inputs, trained_on, opts, say, quiet=quiet)
     window_keys = parts.index.key_names[parts.index.window_keys].astype(str)
     cal_errors = inputs.scores(model, parts.calibration)
