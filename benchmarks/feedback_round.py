@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 from anomaly_contract.model_dir import load_bundle  # noqa: E402
 from anomaly_contract.series import SeriesRowScores  # noqa: E402
+from benchmarks.quality_series import _rows as series_rows  # noqa: E402
 from trainer.data_series import SeriesData, load_series  # noqa: E402
 from trainer.evaluate_series import labelled_ranges, score_series  # noqa: E402
 from trainer.feedback import parse_feedback, parse_outputs  # noqa: E402
@@ -68,14 +69,9 @@ class Flags:
 
 
 def _rows(data: SeriesData, mask: np.ndarray) -> SeriesData:
-    return replace(
-        data,
-        x=data.x[mask],
-        keys=data.keys[mask],
-        times=None if data.times is None else data.times[mask],
-        labels=None,  # fits are unsupervised: only feedback labels anything
-        ids=[int(i) for i in np.flatnonzero(mask)],
-    )
+    """The rows ``mask`` selects, unlabelled (fits are unsupervised: only feedback labels
+    anything), with their row numbers in the full data as ids (what events carry)."""
+    return replace(series_rows(data, mask), labels=None, ids=[int(i) for i in np.flatnonzero(mask)])
 
 
 def fit_and_score(

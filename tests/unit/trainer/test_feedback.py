@@ -186,7 +186,7 @@ def test_unreadable_events_and_incidents_are_counted() -> None:
         "incident_unreadable": 1,
         "incident_not_object": 1,
     }
-    assert iso_ms("2026-12-02T00:00:00.250Z") == 1764633600250
+    assert iso_ms("2026-12-02T00:00:00.250Z") == 1796169600250
     assert iso_ms("yesterday") is None and iso_ms("2026-12-02T00:00:00") is None
 
 
