@@ -173,7 +173,19 @@ def _fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
         f"(p{m.percentile:g} of {calibration_basis(m)}), val_loss {vm['val_loss']:.5g}{extra}"
         + (f"; report in {args.report}" if args.report else "")
     )
+    if m.feedback is not None:
+        print(feedback_line(m.feedback))
     return 0
+
+
+def feedback_line(summary: artifact.FeedbackSummary) -> str:
+    """What feedback did to a fit, in the line printed after "published ..."."""
+    return (
+        f"feedback: {summary.confirmed} confirmed ({summary.confirmed_rows} rows left out), "
+        f"{summary.false_positive} false positives ({summary.false_positive_rows} rows, "
+        f"{summary.false_positive_rows_above} still above the threshold), {summary.unresolved} "
+        f"unresolved, {summary.skipped} unusable records skipped"
+    )
 
 
 def read_feedback_flags(args: argparse.Namespace, kafka: KafkaConnection) -> Any:

@@ -91,6 +91,10 @@ def fit_series(
         f"{m.threshold:.6g}), val_loss {vm['val_loss']:.5g}{extra}"
         + (f"; report in {args.report}" if args.report else "")
     )
+    if m.feedback is not None:
+        from trainer.commands import feedback_line
+
+        print(feedback_line(m.feedback))
     return 0
 
 
