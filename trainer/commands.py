@@ -199,9 +199,10 @@ def read_feedback_flags(args: argparse.Namespace, kafka: KafkaConnection) -> Any
 
     source = feedback_source(args.feedback, args.feedback_events, args.feedback_incidents)
     read = read_feedback(source, kafka)
-    if not getattr(args, "quiet", False):
-        for line in read.summary_lines():
-            _err(line)
+    # What was read is progress (hidden by --quiet); what was skipped is a warning (always said).
+    lines = read.summary_lines()
+    for line in lines[1:] if getattr(args, "quiet", False) else lines:
+        _err(line)
     return read
 
 
@@ -213,17 +214,13 @@ def feedback_labels(read: Any, refs: Any, args: argparse.Namespace) -> Any:
     labels = label_rows(read.verdicts, read.outputs, refs, args.feedback)
     if not getattr(args, "quiet", False):
         _err(labels.summary())
-        if labels.unresolved_ids:
-            shown = ", ".join(labels.unresolved_ids[:3])
-            more = (
-                f" and {len(labels.unresolved_ids) - 3} more"
-                if len(labels.unresolved_ids) > 3
-                else ""
-            )
-            _err(
-                f"feedback: {len(labels.unresolved_ids)} ids match no row of the data (unknown to "
-                f"the events and incidents read, or their rows are not in DATA): {shown}{more}"
-            )
+    if labels.unresolved_ids:
+        ids = labels.unresolved_ids
+        more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+        _err(
+            f"feedback: {len(ids)} ids match no row of the data (unknown to the events and "
+            f"incidents read, or their rows are not in DATA): {', '.join(ids[:3])}{more}"
+        )
     return labels
 
 

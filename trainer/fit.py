@@ -493,16 +493,16 @@ def _calibrate(
         choices.spec.input_shape,
         choices.error,
     )
-    if choices.method == "holdout" and split.false_positive.size:
-        errors = np.concatenate([errors, fp_errors])
-        rows = np.concatenate([rows, split.false_positive])
+    if choices.method == "cross_fit" and split.false_positive.size:
+        # Out of the percentile (see trainer.fit_feedback): only the raise below calibrates on them.
+        keep = ~np.isin(rows, split.false_positive)
+        errors, rows = errors[keep], rows[keep]
     seconds = time.perf_counter() - started
     fence = outlier_fence(errors, opts.outlier_fence)
     percentile_value, stats = calibration.calibrate(errors, opts.percentile, fence=fence)
     confirmed_errors = heldout.errors[np.isin(heldout.rows, split.confirmed)]
     value = raised_threshold(percentile_value, fp_errors, confirmed_errors)
-    outliers = rows[errors > fence]
-    outliers = np.sort(outliers[~np.isin(outliers, split.false_positive)])
+    outliers = np.sort(rows[errors > fence])
     return Threshold(
         value,
         stats,

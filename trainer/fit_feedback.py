@@ -3,11 +3,14 @@
 - **Confirmed** rows count as labelled anomalies: left out of training and of calibration, and
   scored with the held-out rows (they give the metrics, like a label column's anomalies).
 - **False-positive** rows are normal rows the previous model flagged. They all train the network
-  (not a random 70 % of them: the network should learn that this is normal) and join the
-  calibration errors; then the threshold is raised, if need be, to just above the highest
-  false-positive error under the published network, so that none of them is flagged again, but
-  never above the lowest confirmed anomaly's error ("where possible": a confirmed anomaly that
-  scores below a false positive cannot be told from it by a threshold, and recall goes first).
+  (not a random 70 % of them: the network should learn that this is normal). They calibrate the
+  threshold through one rule, not through the percentile: the threshold is raised, if need be,
+  to just above the highest false-positive error under the published network, so that none of
+  them is flagged again, but never above the lowest confirmed anomaly's error ("where
+  possible": a confirmed anomaly that scores below a false positive cannot be told from it by a
+  threshold, and recall goes first). In the percentile they would bias it: they are a sample
+  picked from the tail (measured: 18 false positives among 133 calibration rows lifted the p99
+  from 0.33 to 1.19, above a confirmed anomaly's error of 0.64).
 - A label column wins over feedback: a row it labels anomalous stays out even if an analyst
   called its event a false positive.
 """

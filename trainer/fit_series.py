@@ -108,7 +108,8 @@ def fit_series_model(
     windows, evenly spread, feed the gradient steps; a window's score averages the errors of
     its last ``score_steps`` rows. ``feedback`` (one label per row) works as for point models
     (`trainer.fit_feedback`), by windows: a window ending at a confirmed row is labelled, one
-    ending at a false positive trains and calibrates, and its key's threshold is raised over it.
+    ending at a false positive trains (and leaves the percentile), and its key's threshold is
+    raised over it.
     """
     opts = options or FitOptions()
     say = (lambda _msg: None) if quiet else (log or (lambda msg: print(msg, file=sys.stderr)))
@@ -126,7 +127,7 @@ def fit_series_model(
             parts,
             train=np.union1d(parts.train, fp_windows),
             validation=np.setdiff1d(parts.validation, fp_windows),
-            calibration=np.union1d(parts.calibration, fp_windows),
+            calibration=np.setdiff1d(parts.calibration, fp_windows),
         )
     train_rows = np.unique(parts.index.rows[parts.train])
     normaliser = KeyNormaliser.fit(data.x[train_rows], data.keys[train_rows])
