@@ -241,3 +241,26 @@ def test_threshold_curve_and_proposals() -> None:
                 np.array([2.0, 3.0]), np.array([True, False]), target_precision=0.9)  # fmt: skip
     with pytest.raises(DataError, match="both kinds are needed"):
         threshold_curve(relative, np.ones(7, bool))
+
+
+def test_on_a_topic_read_an_incident_covers_its_partition_key_offsets_and_times() -> None:
+    inc = incident_id("dev-1", "in", 1, 100)
+    incident = {
+        "incident_id": inc,
+        "key": "dev-1",
+        "opened_at": "1970-01-01T00:00:01Z",
+        "last_anomaly_at": "1970-01-01T00:00:03Z",
+        "source": {"topic": "in", "partition": 1, "first_offset": 100},
+    }
+    outputs = parse_outputs([], _values([incident]))
+    verdicts = parse_feedback(_values([{"incident_id": inc, "verdict": "false_positive"}]))
+    coordinates = [("in", 1, 99), ("in", 1, 100), ("in", 1, 101), ("in", 0, 101), ("in", 1, 102),
+                   ("other", 1, 103), ("in", 1, 104)]  # fmt: skip
+    keys = ["dev-1", "dev-1", "dev-1", "dev-1", "dev-2", "dev-1", "dev-1"]
+    times = np.array([1000, 1000, 2000, 2000, 2000, 2000, 3500], np.float64)
+    refs = RowRefs(7, coordinates=coordinates, keys=keys, times_ms=times)
+    labels = label_rows(verdicts, outputs, refs)
+    # Offset 99 precedes the first anomaly, partition 0 and topic "other" are other streams,
+    # dev-2 another key, 3500 ms after the last anomaly.
+    assert labels.false_positive.tolist() == [False, True, True, False, False, False, False]
+    assert labels.counts.false_positive == 1 and labels.counts.false_positive_rows == 2
