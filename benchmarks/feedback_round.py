@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from anomaly_contract.errors import DataError  # noqa: E402
 from anomaly_contract.model_dir import load_bundle  # noqa: E402
 from anomaly_contract.series import SeriesRowScores  # noqa: E402
 from benchmarks.quality_series import _rows as series_rows  # noqa: E402
@@ -233,6 +234,8 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.2, help="share of incidents labelled")
     ap.add_argument("--gap", type=int, default=10, help="incident gap in ticks (ms)")
     ap.add_argument("--min-anomalies", type=int, default=3)
+    ap.add_argument("--target-precision", type=float, help="threshold step rule (default: max F1)")
+    ap.add_argument("--percentile", type=float, default=99.0, help="per-key threshold percentile")
     args = ap.parse_args()
     started = time.perf_counter()
     data = load_series(
@@ -243,7 +246,7 @@ def main() -> None:
     length = t.max() + 1
     a, b, c = t < 0.5 * length, (t >= 0.5 * length) & (t < 0.75 * length), t >= 0.75 * length
     rules = IncidentRules(gap_ms=args.gap, min_anomalies=args.min_anomalies, update_ms=0)
-    opts = FitOptions(epochs=args.epochs, seed=args.seed)
+    opts = FitOptions(epochs=args.epochs, seed=args.seed, percentile=args.percentile)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -263,17 +266,19 @@ def main() -> None:
         used = ev_labels.rows != 0
         rel = np.array([e.score / e.threshold for e, u in zip(event_refs, used, strict=True) if u])  # type: ignore[operator]
         conf = ev_labels.confirmed[used]
-        proposal = propose(threshold_curve(rel, conf), rel, conf)
-        scaled = replace(
-            v1, relative=v1.relative / proposal.factor, flagged=v1.relative / proposal.factor > 1
-        )
+        models = [("v1", v1), ("refit", refit), ("control", control)]
+        try:
+            proposal = propose(
+                threshold_curve(rel, conf), rel, conf, target_precision=args.target_precision
+            )
+            rule = f"precision >= {args.target_precision:g}" if args.target_precision else "max F1"
+            factor = f"threshold factor {proposal.factor:.3f} ({rule} on {int(used.sum())} labelled events)"
+            scaled = v1.relative / proposal.factor
+            models.append(("threshold", replace(v1, relative=scaled, flagged=scaled > 1)))
+        except DataError as exc:  # e.g. no false positive among the labelled incidents
+            factor = f"no threshold step: {exc}"
         base = row_figures(v1.relative, truth, c, None)
-        for name, model in (
-            ("v1", v1),
-            ("refit", refit),
-            ("control", control),
-            ("threshold", scaled),
-        ):
+        for name, model in models:
             flags = np.where(np.isfinite(model.relative), model.relative > 1.0, False)
             figures = row_figures(model.relative, truth, c, base["recall"])
             figures.update(
@@ -282,12 +287,12 @@ def main() -> None:
             results[name] = figures
     print(
         f"feedback round on builtin:machines?keys={args.keys}&seed={args.seed}, W={WINDOW}, conv1d, "
-        f"{args.epochs} epochs; incidents: gap {args.gap} ticks, min {args.min_anomalies} anomalies; "
+        f"{args.epochs} epochs, p{args.percentile:g}; incidents: gap {args.gap} ticks, min {args.min_anomalies} anomalies; "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     print(
         f"analyst labelled {sum(verdicts.values())} of B's {len(inc)} incidents: {verdicts}; "
-        f"{labels.summary()}; threshold factor {proposal.factor:.3f} (max F1 on {int(used.sum())} labelled events)"
+        f"{labels.summary()}; {factor}"
     )
     print(f"fit seconds: v1 {s1:.0f}, refit {s2:.0f}, control {s3:.0f}")
     cols = [
