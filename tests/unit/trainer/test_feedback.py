@@ -47,6 +47,19 @@ def _event(offset: int, *, record_id: object = None, score: float = 2.0, key: st
     }
 
 
+def _incident(key: str, partition: int, first_offset: int, opened: str, last: str) -> dict:
+    """An incident record as the worker writes it (times ISO 8601 UTC)."""
+    return {
+        "incident_id": incident_id(key, "in", partition, first_offset),
+        "key": key,
+        "status": "closed",
+        "opened_at": opened,
+        "last_anomaly_at": last,
+        "model_version": "v1",
+        "source": {"topic": "in", "partition": partition, "first_offset": first_offset},
+    }
+
+
 def test_bad_feedback_records_are_counted_by_reason_and_the_last_verdict_wins() -> None:
     values = _values(
         [
@@ -102,17 +115,8 @@ def test_on_a_topic_read_events_resolve_by_source_coordinates_not_ids() -> None:
 
 
 def test_an_incident_covers_its_keys_rows_from_first_to_last_anomaly_and_its_events() -> None:
-    inc = incident_id("m1", "in", 0, 20)
-    incident = {
-        "incident_id": inc,
-        "key": "m1",
-        "status": "closed",
-        "opened_at": "1970-01-01T00:00:00.100Z",
-        "last_anomaly_at": "1970-01-01T00:00:00.104Z",
-        "closed_at": "1970-01-01T00:00:00.110Z",
-        "model_version": "v1",
-        "source": {"topic": "in", "partition": 0, "first_offset": 20},
-    }
+    incident = _incident("m1", 0, 20, "1970-01-01T00:00:00.100Z", "1970-01-01T00:00:00.104Z")
+    inc = incident["incident_id"]
     opened = {**incident, "status": "opened", "last_anomaly_at": "1970-01-01T00:00:00.101Z"}
     # An event of the incident outside the key/time extent still counts (its id links it).
     events = [_event(99, record_id="late", incident=inc)]
@@ -144,14 +148,8 @@ def test_confirmed_wins_over_a_false_positive_on_the_same_row() -> None:
 
 
 def test_events_take_their_incidents_verdict_by_id_or_by_key_and_time() -> None:
-    inc = incident_id("k", "in", 0, 5)
-    incident = {
-        "incident_id": inc,
-        "key": "k",
-        "opened_at": "1970-01-01T00:00:01Z",
-        "last_anomaly_at": "1970-01-01T00:00:02Z",
-        "source": {"topic": "in", "partition": 0, "first_offset": 5},
-    }
+    incident = _incident("k", 0, 5, "1970-01-01T00:00:01Z", "1970-01-01T00:00:02Z")
+    inc = incident["incident_id"]
     events = [
         _event(5, key="k", ts=1000),  # before the incident opened: no incident_id, same extent
         _event(6, key="k", ts=1500, incident=inc),
@@ -244,14 +242,8 @@ def test_threshold_curve_and_proposals() -> None:
 
 
 def test_on_a_topic_read_an_incident_covers_its_partition_key_offsets_and_times() -> None:
-    inc = incident_id("dev-1", "in", 1, 100)
-    incident = {
-        "incident_id": inc,
-        "key": "dev-1",
-        "opened_at": "1970-01-01T00:00:01Z",
-        "last_anomaly_at": "1970-01-01T00:00:03Z",
-        "source": {"topic": "in", "partition": 1, "first_offset": 100},
-    }
+    incident = _incident("dev-1", 1, 100, "1970-01-01T00:00:01Z", "1970-01-01T00:00:03Z")
+    inc = incident["incident_id"]
     outputs = parse_outputs([], _values([incident]))
     verdicts = parse_feedback(_values([{"incident_id": inc, "verdict": "false_positive"}]))
     coordinates = [("in", 1, 99), ("in", 1, 100), ("in", 1, 101), ("in", 0, 101), ("in", 1, 102),
