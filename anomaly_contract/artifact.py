@@ -86,6 +86,27 @@ class RowCounts(_Strict):
     excluded_flagged: int = 0
 
 
+class FeedbackSummary(_Strict):
+    """What analyst feedback did to a version (``fit --feedback``, ``threshold``).
+
+    ``confirmed`` / ``false_positive`` count feedback ids (events or incidents) that resolved to
+    rows, ``unresolved`` those that did not, ``skipped`` unusable feedback records; ``*_rows``
+    count the rows they labelled. ``threshold_before`` is the threshold the feedback moved
+    (None when it did not move it); ``false_positive_rows_above`` counts false-positive rows
+    still above the published threshold.
+    """
+
+    confirmed: int = 0
+    false_positive: int = 0
+    unresolved: int = 0
+    skipped: int = 0
+    confirmed_rows: int = 0
+    false_positive_rows: int = 0
+    false_positive_rows_above: int = 0
+    threshold_before: float | None = None
+    source: str = ""
+
+
 ScoreError = Literal["mse", "mae"]
 
 
@@ -157,6 +178,7 @@ class Manifest(_Strict):
     library_versions: dict[str, str]
     notes: list[str] = Field(default_factory=list)
     series: SeriesParams | None = None
+    feedback: FeedbackSummary | None = None
 
     @property
     def n_features(self) -> int:

@@ -23,6 +23,7 @@ from anomaly_contract.kafka_connection import (
     load_connection,
     read_secret_file,
 )
+from trainer.cli_feedback import add_threshold_command, feedback_options
 from trainer.commands import (
     PROG,
     cmd_decode,
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_training_options(p)
     _fit_output_options(p)
     _publish_topic(p)
+    feedback_options(p)
     g = p.add_argument_group("retraining")
     g.add_argument(
         "--exclude-flagged",
@@ -290,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-current", action="store_true", help="send the version without making it current"
     )
+    add_threshold_command(sub, _command, _model_dir, _version, _publish_topic)
     # Every command may read kafka:// data or a model topic.
     for command in sub.choices.values():
         _kafka_options(command)

@@ -117,17 +117,33 @@ def _fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
 
     if args.keep < 1:
         raise ConfigError(f"--keep must be at least 1, got {args.keep}")
+    read = read_feedback_flags(args, kafka)
     if args.window is not None:
         from trainer.commands_series import fit_series
 
-        return fit_series(args, _fit_options(args, None), kafka)
+        return fit_series(args, _fit_options(args, None), kafka, read)
     _refuse_series_flags(args, "fit needs --window W for")
     ds = _load(args.data, args, kafka, image_shape=args.image_shape, min_rows=None)
     options = _fit_options(args, args.image_shape or ds.image_shape)
+    feedback = None
+    if read is not None:
+        from trainer.feedback_source import dataset_refs
+
+        feedback = feedback_labels(read, dataset_refs(ds), args)
     x, labels, flagged = ds.x, ds.labels, None
     if should_exclude_flagged(args.exclude_flagged, args.model_dir, args.data):
-        x, labels, flagged = drop_flagged(ds, args.model_dir, quiet=args.quiet)
-    trained = fit_model(x, ds.feature_names, labels, options, source=ds.source, quiet=args.quiet)
+        normal = feedback.false_positive if feedback is not None else None
+        x, labels, flagged, kept = drop_flagged(ds, args.model_dir, quiet=args.quiet, normal=normal)
+        feedback = feedback.subset(kept) if feedback is not None else None
+    trained = fit_model(
+        x,
+        ds.feature_names,
+        labels,
+        options,
+        source=ds.source,
+        quiet=args.quiet,
+        feedback=feedback,
+    )
     if flagged is not None:
         trained = with_flagged_note(trained, flagged)
     version = publish_model(trained, args.model_dir, keep=args.keep)
@@ -157,7 +173,55 @@ def _fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
         f"(p{m.percentile:g} of {calibration_basis(m)}), val_loss {vm['val_loss']:.5g}{extra}"
         + (f"; report in {args.report}" if args.report else "")
     )
+    if m.feedback is not None:
+        print(feedback_line(m.feedback))
     return 0
+
+
+def feedback_line(summary: artifact.FeedbackSummary) -> str:
+    """What feedback did to a fit, in the line printed after "published ..."."""
+    return (
+        f"feedback: {summary.confirmed} confirmed ({summary.confirmed_rows} rows left out), "
+        f"{summary.false_positive} false positives ({summary.false_positive_rows} rows, "
+        f"{summary.false_positive_rows_above} still above the threshold), {summary.unresolved} "
+        f"unresolved, {summary.skipped} unusable records skipped"
+    )
+
+
+def read_feedback_flags(args: argparse.Namespace, kafka: KafkaConnection) -> Any:
+    """``--feedback`` (and its events and incidents) read, or None without the flag."""
+    if not getattr(args, "feedback", None):
+        for flag in ("feedback_events", "feedback_incidents"):
+            if getattr(args, flag, None):
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --feedback")
+        return None
+    from trainer.feedback_source import feedback_source, read_feedback
+
+    source = feedback_source(args.feedback, args.feedback_events, args.feedback_incidents)
+    read = read_feedback(source, kafka)
+    # What was read is progress (hidden by --quiet); what was skipped is a warning (always said).
+    lines = read.summary_lines()
+    for line in lines[1:] if getattr(args, "quiet", False) else lines:
+        _err(line)
+    return read
+
+
+def feedback_labels(read: Any, refs: Any, args: argparse.Namespace) -> Any:
+    """The feedback resolved to the rows ``refs`` describes, said in one line (two with
+    unresolved ids)."""
+    from trainer.feedback_resolve import label_rows
+
+    labels = label_rows(read.verdicts, read.outputs, refs, args.feedback)
+    if not getattr(args, "quiet", False):
+        _err(labels.summary())
+    if labels.unresolved_ids:
+        ids = labels.unresolved_ids
+        more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+        _err(
+            f"feedback: {len(ids)} ids match no row of the data (unknown to the events and "
+            f"incidents read, or their rows are not in DATA): {', '.join(ids[:3])}{more}"
+        )
+    return labels
 
 
 def _fit_options(args: argparse.Namespace, image_shape: Any) -> Any:

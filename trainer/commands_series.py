@@ -37,7 +37,9 @@ def _model_series(args: argparse.Namespace, bundle: artifact.ModelBundle) -> Ser
     )
 
 
-def fit_series(args: argparse.Namespace, options: Any, kafka: KafkaConnection) -> int:
+def fit_series(
+    args: argparse.Namespace, options: Any, kafka: KafkaConnection, read: Any = None
+) -> int:
     """``fit DATA --window W``: train, calibrate per key and publish a windowed version (to the
     model topic too with ``--publish-topic``)."""
     from trainer.fit_series import fit_series_model
@@ -53,8 +55,19 @@ def fit_series(args: argparse.Namespace, options: Any, kafka: KafkaConnection) -
         label_column=args.label_column,
         features=args.features,
     )
+    feedback = None
+    if read is not None:
+        from trainer.commands import feedback_labels
+        from trainer.feedback_source import series_refs
+
+        feedback = feedback_labels(read, series_refs(data), args)
     trained = fit_series_model(
-        data, args.window, options, quiet=args.quiet, score_steps=args.score_steps
+        data,
+        args.window,
+        options,
+        quiet=args.quiet,
+        score_steps=args.score_steps,
+        feedback=feedback,
     )
     version = publish_model(trained, args.model_dir, keep=args.keep)
     if args.publish_topic:
@@ -78,6 +91,10 @@ def fit_series(args: argparse.Namespace, options: Any, kafka: KafkaConnection) -
         f"{m.threshold:.6g}), val_loss {vm['val_loss']:.5g}{extra}"
         + (f"; report in {args.report}" if args.report else "")
     )
+    if m.feedback is not None:
+        from trainer.commands import feedback_line
+
+        print(feedback_line(m.feedback))
     return 0
 
 

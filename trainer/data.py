@@ -36,6 +36,7 @@ from trainer.data_tables import DEFAULT_LABEL_COLUMN, ID_COLUMN, Table
 
 if TYPE_CHECKING:
     from anomaly_contract.kafka_connection import KafkaConnection
+    from trainer.kafka_source import RecordOrigin
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class Dataset:
     ids: list | None  # per-row id from an `id` column / field, None when the source has none
     image_shape: tuple[int, ...] | None  # e.g. (8, 8); its product equals d
     source: str  # the DATA argument as given
+    # kafka:// sources: where each row's record sits (topic, partition, offset, timestamp, key)
+    origins: list[RecordOrigin] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -119,10 +122,11 @@ def load_dataset(
     if image_shape is not None:
         image_shape = _check_image_shape_arg(image_shape)
 
+    origins = None
     if source.startswith("builtin:"):
         raw = _read_builtin(source, label_column)
     elif source.startswith("kafka://"):
-        raw = _read_kafka(source, label_column, kafka, model)
+        raw, origins = _read_kafka(source, label_column, kafka, model)
     else:
         raw = _read_file(source, label_column, model)
 
@@ -156,6 +160,7 @@ def load_dataset(
         ids=ids,
         image_shape=final_shape,
         source=source,
+        origins=origins,
     )
 
 
@@ -252,7 +257,7 @@ def _read_kafka(
     label_column: str | None,
     kafka: KafkaConnection | None,
     model: FeatureSpec | None,
-) -> Arrays:
+) -> tuple[Arrays, list[RecordOrigin]]:
     from trainer import kafka_source  # kafka-python only when a topic is read
 
     read = kafka_source.read_topic(source, kafka)
@@ -267,7 +272,7 @@ def _read_kafka(
             f"{source}: none of the {rows.n_read} records is usable ({first_where}: {first_why}); "
             "produce JSON objects in one of the worker's record shapes"
         )
-    return rows
+    return rows, [read.origins[i] for i in rows.positions or []]
 
 
 def _report_skipped(rows: Arrays) -> None:

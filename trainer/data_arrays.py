@@ -28,6 +28,8 @@ class Arrays:
     # Records left out of a stream read: (where, kind, message), and how many were read.
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     n_read: int = 0
+    # Decoded records: the input position of each row (records left out leave gaps).
+    positions: list[int] | None = None
 
 
 def read_npy(path: Path, source: str) -> Arrays:

@@ -126,6 +126,7 @@ def records_to_arrays(
         image_shape=spec.image_shape,
         skipped=[(values[pos][0], err.kind, err.message) for pos, err in refused],
         n_read=len(values),
+        positions=kept,
     )
 
 

@@ -39,9 +39,23 @@ from anomaly_contract import artifact
 from anomaly_contract.errors import ConfigError, DataError
 from trainer import calibration
 from trainer.calibration import OUTLIER_FENCE_IQR, outlier_fence
+from trainer.cross_fit import (
+    CROSS_FIT_FOLDS,
+    CROSS_FIT_MAX_ROWS,
+    cross_fitted_errors,
+)
+from trainer.cross_fit import cross_fit_folds as cross_fit_folds  # re-exported for callers
+from trainer.feedback import FeedbackLabels
+from trainer.fit_feedback import (
+    false_positive_rows,
+    feedback_note,
+    feedback_summary,
+    merge_labels,
+    raised_threshold,
+)
 from trainer.fit_manifest import build_manifest, threshold_notes, validation_metrics
 from trainer.models import ModelSpec, make_spec
-from trainer.progress import Progress, track
+from trainer.progress import track
 from trainer.training import epoch_progress, reconstruction_errors, train_network
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,14 +64,6 @@ if TYPE_CHECKING:  # pragma: no cover
 MIN_TRAIN_ROWS = 10
 MIN_VALIDATION_ROWS = 2
 MIN_CALIBRATION_ROWS = 5
-# With fewer normal rows than this, the calibration share is too small for a steady high
-# percentile: 150 normal rows leave 22 calibration rows, whose 99th percentile is about their
-# maximum; 1,300 leave 195, of which only ~2 lie above it, so the share of unseen rows above the
-# threshold still varies by more than half between seeds. The threshold is then taken from
-# cross-fitted errors of every normal row instead (`cross_fitted_errors`): CROSS_FIT_FOLDS extra
-# trainings, seconds at this size (digits' 1,797 x 64 rows: ~20 s each).
-CROSS_FIT_MAX_ROWS = 2000
-CROSS_FIT_FOLDS = 3
 # Images train as denoising autoencoders by default: Gaussian noise of this std on the scaled
 # pixels. Measured with the absolute error and the fence (benchmarks/quality.py, 3 splits): ROC-AUC
 # equal or higher on all 11 digit sets, F1 on digit 3 0.720 -> 0.805 and digit 5 0.871 -> 0.911.
@@ -137,6 +143,9 @@ class RowSplit:
     train: np.ndarray
     validation: np.ndarray
     calibration: np.ndarray
+    # Normal rows an analyst called false positives: all in ``train``, and calibrated on.
+    false_positive: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    confirmed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,8 @@ class Threshold:
     fence: float
     outlier_rows: np.ndarray  # input rows beyond the fence, sorted
     seconds: float
+    before_feedback: float = math.nan  # the percentile's value, before false positives raised it
+    false_positive_above: int = 0  # false-positive rows still above ``value``
 
 
 def split_normal_rows(
@@ -224,54 +235,6 @@ def calibration_method(requested: str, n_normal: int) -> Literal["holdout", "cro
     return requested  # type: ignore[return-value]
 
 
-def cross_fit_folds(n: int, folds: int, seed: int) -> np.ndarray:
-    """Fold number (0 .. folds-1) of each of ``n`` rows: balanced, shuffled with ``seed``."""
-    return np.random.default_rng([seed, 7]).permutation(n) % folds
-
-
-def cross_fitted_errors(
-    x_normal: np.ndarray,
-    spec: ModelSpec,
-    opts: FitOptions,
-    scaler_kind: Literal["minmax", "standard"],
-    error: artifact.ScoreError,
-    batch_size: int,
-    epochs: int,
-    folds: int = CROSS_FIT_FOLDS,
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """Out-of-fold reconstruction errors of every normal row, in the rows' order.
-
-    The rows are cut into ``folds`` seeded folds; for each, a scaler and a network are fitted on
-    the other folds for ``epochs`` (the final model's best epoch: no early stopping, so no rows go
-    to validation) and score the held-out fold. Every error comes from a model that never saw its
-    row, like a calibration row's, but there are ``n`` of them instead of ~15 % of ``n``. With 3
-    folds each network trains on 2/3 of the rows, close to the final model's 70 %. ``progress``
-    advances once per epoch of every fold.
-    """
-    n = x_normal.shape[0]
-    fold_of = cross_fit_folds(n, folds, opts.seed)
-    errors = np.empty(n, dtype=np.float64)
-    for k in range(folds):
-        held, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
-        scaler = artifact.Scaler.fit(x_normal[rest], scaler_kind)
-        model, _ = train_network(
-            replace(spec, seed=opts.seed + 1000 * (k + 1)),
-            scaler.transform(x_normal[rest]),
-            None,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=opts.learning_rate,
-            patience=opts.patience,
-            callbacks=[epoch_progress(progress)] if progress is not None else [],
-            fresh_session=False,  # the final model is alive; keep its layer names untouched
-        )
-        errors[held] = reconstruction_errors(
-            model, scaler.transform(x_normal[held]), spec.input_shape, error
-        )
-    return errors
-
-
 def fit_model(
     x: np.ndarray,
     feature_names: Sequence[str],
@@ -281,15 +244,23 @@ def fit_model(
     source: str = "array",
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    feedback: FeedbackLabels | None = None,
 ) -> TrainedModel:
     """Train, early-stop and calibrate an autoencoder on the normal rows of ``x``.
 
-    Raises `DataError`/`ConfigError` before any training when the data or options cannot work.
+    ``feedback`` (one label per row of ``x``) leaves confirmed rows out and trains and
+    calibrates on false positives (`trainer.fit_feedback`). Raises `DataError`/`ConfigError`
+    before any training when the data or options cannot work.
     """
     opts = options or FitOptions()
     say = (lambda _msg: None) if quiet else (log or (lambda msg: print(msg, file=sys.stderr)))
     x, labels = _check_inputs(x, feature_names, labels, opts)
-    split = _split_rows(labels, x.shape[0], opts)
+    if feedback is not None and feedback.rows.shape != (x.shape[0],):
+        raise DataError(f"{feedback.rows.shape[0]} feedback labels for {x.shape[0]} rows")
+    labels = merge_labels(labels, feedback, x.shape[0])
+    split = _split_rows(labels, x.shape[0], opts, false_positive_rows(labels, feedback))
+    if feedback is not None:
+        split = replace(split, confirmed=np.flatnonzero(feedback.confirmed & (labels != 0)))
     choices = _choose_defaults(opts, x.shape[1], split)
     training = _train(x, split, choices, opts, say, quiet=quiet)
     heldout = _score_heldout(split, choices, training)
@@ -306,6 +277,15 @@ def fit_model(
         metrics=validation_metrics(split, training, heldout, threshold, opts),
         notes=notes,
     )
+    if feedback is not None:
+        summary = feedback_summary(
+            feedback,
+            threshold_before=threshold.before_feedback,
+            threshold_after=threshold.value,
+            false_positive_above=threshold.false_positive_above,
+        )
+        notes = [*notes, feedback_note(summary, threshold.value)]
+        manifest = manifest.model_copy(update={"feedback": summary, "notes": notes})
     return TrainedModel(
         model=training.model,
         scaler=training.scaler,
@@ -358,16 +338,32 @@ def _check_inputs(
     return x, labels
 
 
-def _split_rows(labels: np.ndarray | None, n_total: int, opts: FitOptions) -> RowSplit:
-    """Leave labelled anomalies out and cut the normal rows into train, validation, calibration."""
+def _split_rows(
+    labels: np.ndarray | None,
+    n_total: int,
+    opts: FitOptions,
+    false_positive: np.ndarray | None = None,
+) -> RowSplit:
+    """Leave labelled anomalies out and cut the normal rows into train, validation, calibration;
+    ``false_positive`` rows (normal ones) all go to train."""
     if labels is not None:
         normal, anomalies = np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)
     else:
         normal, anomalies = np.arange(n_total), np.arange(0)
+    fp = np.zeros(0, np.int64) if false_positive is None else np.asarray(false_positive, np.int64)
+    rest = np.setdiff1d(normal, fp) if fp.size else normal
     train, val, cal = split_normal_rows(
-        normal.size, opts.validation_split, opts.calibration_split, opts.seed
+        rest.size, opts.validation_split, opts.calibration_split, opts.seed
     )
-    return RowSplit(labels, normal, anomalies, normal[train], normal[val], normal[cal])
+    return RowSplit(
+        labels,
+        normal,
+        anomalies,
+        np.concatenate([rest[train], fp]),
+        rest[val],
+        rest[cal],
+        false_positive=fp,
+    )
 
 
 def _choose_defaults(opts: FitOptions, n_features: int, split: RowSplit) -> FitChoices:
@@ -491,7 +487,30 @@ def _calibrate(
         rows = split.normal
     else:
         errors, rows = heldout.calibration_errors, split.calibration
+    fp_errors = reconstruction_errors(
+        training.model,
+        training.scaled[split.false_positive],
+        choices.spec.input_shape,
+        choices.error,
+    )
+    if choices.method == "cross_fit" and split.false_positive.size:
+        # Out of the percentile (see trainer.fit_feedback): only the raise below calibrates on them.
+        keep = ~np.isin(rows, split.false_positive)
+        errors, rows = errors[keep], rows[keep]
     seconds = time.perf_counter() - started
     fence = outlier_fence(errors, opts.outlier_fence)
-    value, stats = calibration.calibrate(errors, opts.percentile, fence=fence)
-    return Threshold(value, stats, errors, rows, fence, np.sort(rows[errors > fence]), seconds)
+    percentile_value, stats = calibration.calibrate(errors, opts.percentile, fence=fence)
+    confirmed_errors = heldout.errors[np.isin(heldout.rows, split.confirmed)]
+    value = raised_threshold(percentile_value, fp_errors, confirmed_errors)
+    outliers = np.sort(rows[errors > fence])
+    return Threshold(
+        value,
+        stats,
+        errors,
+        rows,
+        fence,
+        outliers,
+        seconds,
+        before_feedback=percentile_value,
+        false_positive_above=int((fp_errors > value).sum()),
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +31,9 @@ from anomaly_contract.series import window_scores
 from anomaly_contract.windows import WindowIndex, index_windows, split_windows_in_time
 from trainer import calibration
 from trainer.data_series import SeriesData
+from trainer.feedback import FeedbackLabels
 from trainer.fit import FitOptions, TrainedModel, default_batch_size
+from trainer.fit_feedback import feedback_note, feedback_summary, merge_labels, raised_threshold
 from trainer.models import ModelSpec, make_spec
 from trainer.progress import track
 from trainer.training import epoch_progress, library_versions, reconstruction_errors, train_network
@@ -99,17 +101,34 @@ def fit_series_model(
     log: Callable[[str], None] | None = None,
     max_train_windows: int = MAX_TRAIN_WINDOWS,
     score_steps: int = DEFAULT_SCORE_STEPS,
+    feedback: FeedbackLabels | None = None,
 ) -> TrainedModel:
     """Train and calibrate a windowed autoencoder on ``data``; `DataError`/`ConfigError` before
     any training when the data or options cannot work. At most ``max_train_windows`` training
     windows, evenly spread, feed the gradient steps; a window's score averages the errors of
-    its last ``score_steps`` rows."""
+    its last ``score_steps`` rows. ``feedback`` (one label per row) works as for point models
+    (`trainer.fit_feedback`), by windows: a window ending at a confirmed row is labelled, one
+    ending at a false positive trains (and leaves the percentile), and its key's threshold is
+    raised over it.
+    """
     opts = options or FitOptions()
     say = (lambda _msg: None) if quiet else (log or (lambda msg: print(msg, file=sys.stderr)))
     _check_options(window, opts)
     if not 1 <= score_steps <= window:
         raise ConfigError(f"--score-steps must lie between 1 and the window {window}")
+    if feedback is not None:
+        if feedback.rows.shape != (data.n_rows,):
+            raise DataError(f"{feedback.rows.shape[0]} feedback labels for {data.n_rows} rows")
+        data = replace(data, labels=merge_labels(data.labels, feedback, data.n_rows))
     parts = split_series(data, window, opts)
+    fp_windows = false_positive_windows(parts, data, feedback)
+    if fp_windows.size:
+        parts = replace(
+            parts,
+            train=np.union1d(parts.train, fp_windows),
+            validation=np.setdiff1d(parts.validation, fp_windows),
+            calibration=np.setdiff1d(parts.calibration, fp_windows),
+        )
     train_rows = np.unique(parts.index.rows[parts.train])
     normaliser = KeyNormaliser.fit(data.x[train_rows], data.keys[train_rows])
     inputs = WindowInputs(
@@ -120,10 +139,20 @@ def fit_series_model(
         score_steps,
     )
     trained_on = even_subsample(parts.train, max_train_windows)
+    if fp_windows.size:  # false positives always train: the subsample could drop some
+        rest = np.setdiff1d(parts.train, fp_windows)
+        limit = max(1, max_train_windows - fp_windows.size)
+        trained_on = np.union1d(even_subsample(rest, limit), fp_windows)
     model, history, seconds = _train(inputs, trained_on, opts, say, quiet=quiet)
     window_keys = parts.index.key_names[parts.index.window_keys].astype(str)
     cal_errors = inputs.scores(model, parts.calibration)
     thresholds = fit_key_thresholds(cal_errors, window_keys[parts.calibration], opts.percentile)
+    raised: list[str] = []
+    fp_above = 0
+    if feedback is not None:
+        thresholds, raised, fp_above = raise_key_thresholds(
+            thresholds, inputs, model, fp_windows, confirmed_windows(parts, feedback), window_keys
+        )
     heldout = np.concatenate([parts.validation, parts.calibration, parts.labelled])
     heldout_relative = thresholds.relative_scores(
         inputs.scores(model, heldout), window_keys[heldout]
@@ -136,6 +165,18 @@ def fit_series_model(
     metrics["train_windows_used"] = float(trained_on.size)
     say(f"trained in {seconds:.1f}s; best val_loss {metrics['val_loss']:.5f}")
     manifest = series_manifest(data, inputs, opts, normaliser, thresholds, cal_errors, metrics)
+    if feedback is not None:
+        summary = feedback_summary(
+            feedback, threshold_before=1.0, threshold_after=1.0, false_positive_above=fp_above
+        )
+        note = feedback_note(summary, thresholds.pooled)
+        if raised:
+            note += (
+                f"; the thresholds of {len(raised)} keys ({', '.join(raised[:5])}"
+                f"{' ...' if len(raised) > 5 else ''}) were raised over their false positives"
+            )
+        notes = [*manifest.notes, note]
+        manifest = manifest.model_copy(update={"feedback": summary, "notes": notes})
     channels = data.x.shape[1]
     return TrainedModel(
         model=model,
@@ -151,6 +192,54 @@ def fit_series_model(
         train_seconds=seconds,
         notes=manifest.notes,
     )
+
+
+def false_positive_windows(
+    parts: WindowParts, data: SeriesData, feedback: FeedbackLabels | None
+) -> np.ndarray:
+    """Windows ending at a false-positive row and holding no labelled row."""
+    if feedback is None:
+        return np.zeros(0, np.int64)
+    index = parts.index
+    labelled = np.zeros(data.n_rows, bool) if data.labels is None else data.labels != 0
+    clean = ~labelled[index.rows].any(axis=1)
+    return np.flatnonzero(feedback.false_positive[index.end_rows] & clean)
+
+
+def confirmed_windows(parts: WindowParts, feedback: FeedbackLabels) -> np.ndarray:
+    """The held-out labelled windows that end at a confirmed row."""
+    return parts.labelled[feedback.confirmed[parts.index.end_rows[parts.labelled]]]
+
+
+def raise_key_thresholds(
+    thresholds: KeyThresholds,
+    inputs: WindowInputs,
+    model: keras.Model,
+    fp_windows: np.ndarray,
+    confirmed: np.ndarray,
+    window_keys: np.ndarray,
+) -> tuple[KeyThresholds, list[str], int]:
+    """Each key's threshold raised over its false-positive windows' scores (`raised_threshold`,
+    capped by its confirmed windows); the keys raised, and false-positive windows still above."""
+    if fp_windows.size == 0:
+        return thresholds, [], 0
+    fp_scores = inputs.scores(model, fp_windows)
+    confirmed_scores = inputs.scores(model, confirmed) if confirmed.size else np.zeros(0)
+    per_key = dict(thresholds.per_key)
+    raised: list[str] = []
+    for key in np.unique(window_keys[fp_windows]):
+        before = thresholds.threshold(str(key))
+        after = raised_threshold(
+            before,
+            fp_scores[window_keys[fp_windows] == key],
+            confirmed_scores[window_keys[confirmed] == key],
+        )
+        if after > before:
+            per_key[str(key)] = after
+            raised.append(str(key))
+    updated = replace(thresholds, per_key=per_key)
+    above = int((fp_scores > updated.thresholds_for(window_keys[fp_windows])).sum())
+    return updated, raised, above
 
 
 def _train(

@@ -57,6 +57,17 @@ class KafkaSpec:
     timeout_s: float
 
 
+@dataclass(frozen=True)
+class RecordOrigin:
+    """Where a record sits and what Kafka says about it (feedback resolves rows by these)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+
+
 @dataclass
 class TopicRead:
     """Result of a bounded read, in (partition, offset) order."""
@@ -64,6 +75,7 @@ class TopicRead:
     values: list[tuple[str, bytes | None]] = field(default_factory=list)  # (where, record value)
     n_read: int = 0
     partitions: int = 0
+    origins: list[RecordOrigin] = field(default_factory=list)  # one per value, same order
 
 
 def parse_kafka_url(url: str) -> KafkaSpec:
@@ -228,4 +240,7 @@ def _read_assigned(
     fetched.sort(key=lambda r: (r.partition, r.offset))
     out = TopicRead(n_read=len(fetched), partitions=len(tps))
     out.values = [(f"partition {r.partition} offset {r.offset}", r.value) for r in fetched]
+    out.origins = [
+        RecordOrigin(spec.topic, r.partition, r.offset, r.timestamp, r.key) for r in fetched
+    ]
     return out

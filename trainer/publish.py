@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_contract.artifact import (
     DEFAULT_KEEP,
+    MANIFEST_FILE,
+    Manifest,
 )
 from anomaly_contract.errors import ArtifactError, ConfigError, VersionNotFoundError
 from anomaly_contract.kafka_connection import KafkaConnection
@@ -72,6 +75,26 @@ def publish_model(
         published = publish_staged(model_dir, staging, keep=keep, make_current=make_current)
     trained.manifest = manifest
     return published
+
+
+def publish_with_manifest(
+    model_dir: str | Path, base: str, manifest: Manifest, *, keep: int = DEFAULT_KEEP
+) -> str:
+    """A new version holding version ``base``'s files (network, scaler, inference forms) with
+    ``manifest`` (a new threshold, say), published atomically like `publish_model`."""
+    source = version_dir(model_dir, base)
+    with staging_dir(model_dir) as staging:
+        version = next_version_name(model_dir)
+        for path in source.iterdir():
+            if path.name == MANIFEST_FILE:
+                continue
+            if path.is_dir():
+                shutil.copytree(path, staging / path.name)
+            else:
+                shutil.copy2(path, staging / path.name)
+        named = manifest.model_copy(update={"version": version, "created_at": utc_now()})
+        (staging / MANIFEST_FILE).write_text(named.model_dump_json(indent=2))
+        return publish_staged(model_dir, staging, keep=keep)
 
 
 def publish_to_topic(

@@ -305,6 +305,7 @@ def write_report(
         "metrics": metrics,
         "files": [p.name for p in written],
         "notes": manifest.notes,
+        "feedback": manifest.feedback.model_dump() if manifest.feedback else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "summary.md").write_text(_summary_md(summary))

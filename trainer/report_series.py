@@ -80,6 +80,7 @@ def write_series_report(
         "metrics": metrics,
         "files": [p.name for p in written],
         "notes": manifest.notes,
+        "feedback": manifest.feedback.model_dump() if manifest.feedback else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return [*written, out / "summary.json"]

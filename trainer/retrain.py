@@ -47,12 +47,16 @@ def should_exclude_flagged(mode: str, model_dir: Path, data: str) -> bool:
 
 
 def drop_flagged(
-    ds: Dataset, model_dir: Path, *, quiet: bool
-) -> tuple[np.ndarray, np.ndarray | None, FlaggedRows]:
-    """Rows the current model flags are left out of training (they may be recent anomalies)."""
+    ds: Dataset, model_dir: Path, *, quiet: bool, normal: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, FlaggedRows, np.ndarray]:
+    """Rows the current model flags are left out of training (they may be recent anomalies),
+    except ``normal`` ones (a mask: rows an analyst called false positives). Also returns the
+    mask of the rows kept."""
     bundle = load_bundle(model_dir)
     x = align_features(ds.x, ds.feature_names, bundle.manifest)
     flagged = bundle.score(x).is_anomaly(bundle.threshold)
+    if normal is not None:
+        flagged &= ~normal
     n = int(flagged.sum())
     keep = ~flagged
     note = (
@@ -62,7 +66,7 @@ def drop_flagged(
     if not quiet:
         print(note, file=sys.stderr, flush=True)
     labels = None if ds.labels is None else ds.labels[keep]
-    return ds.x[keep], labels, FlaggedRows(n, note)
+    return ds.x[keep], labels, FlaggedRows(n, note), keep
 
 
 def with_flagged_note(trained: TrainedModel, flagged: FlaggedRows) -> TrainedModel:
