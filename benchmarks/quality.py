@@ -316,8 +316,10 @@ def _cell(summary: Summary, name: str, metric: int) -> str:
 
 def _target_cells(summary: Summary) -> str:
     auc, f1 = summary.auc_shortfall(), summary.f1_shortfall()
-    auc_cell = "-" if auc is None else ("yes" if auc[1] <= 0 else f"no: {auc[0]} +{auc[1]:.3f}")
-    f1_cell = "-" if f1 is None else ("yes" if f1 <= 0 else f"no: IF +{f1:.3f}")
+    auc_cell = (
+        "-" if auc is None else ("yes" if auc[1] <= 0 else f"no ({auc[0]}, short by {auc[1]:.3f})")
+    )
+    f1_cell = "-" if f1 is None else ("yes" if f1 <= 0 else f"no (short by {f1:.3f})")
     return f"{auc_cell} | {f1_cell}"
 
 

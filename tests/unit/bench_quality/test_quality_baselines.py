@@ -57,7 +57,7 @@ def test_the_target_check_names_the_best_baseline_and_the_gap() -> None:
     assert best == "recipe" and gap == pytest.approx(0.006)
     assert behind.f1_shortfall() == pytest.approx(0.10)
     row = quality.table_row("wine", behind)
-    assert row.endswith("| no: recipe +0.006 | no: IF +0.100 |")
+    assert row.endswith("| no (recipe, short by 0.006) | no (short by 0.100) |")
 
     level = summary((0.967, 0.61), IF=(0.900, 0.60), recipe=(0.971, 0.40))
     assert quality.table_row("wine", level).endswith("| yes | yes |")
