@@ -115,18 +115,13 @@ def _torch(seed: int):  # type: ignore[no-untyped-def]
 
 
 def pyod_autoencoder(train: np.ndarray, seed: int) -> Scorer:
-    """PyOD's AutoEncoder with its defaults (seeded; no progress bar); windows are flattened.
-
-    Its standardisation divides by each feature's standard deviation, so features constant in
-    the training rows (blank digit pixels) are left out: they would make every score NaN."""
+    """PyOD's AutoEncoder with its defaults (seeded; no progress bar); windows are flattened."""
     from pyod.models.auto_encoder import AutoEncoder
 
     _torch(seed)
-    rows = _flat(train)
-    varying = rows.std(axis=0) > 0
     detector = AutoEncoder(random_state=seed, verbose=0)
-    detector.fit(rows[:, varying])
-    return lambda x: np.asarray(detector.decision_function(_flat(x)[:, varying]), dtype=float)
+    detector.fit(_flat(train))
+    return lambda x: np.asarray(detector.decision_function(_flat(x)), dtype=float)
 
 
 def pyod_lstmad(epochs: int | None = None) -> Detector:

@@ -43,7 +43,7 @@ def test_a_baseline_is_thresholded_by_the_trainers_rule(n_normal: int) -> None:
     auc, f1, fpr = quality._baseline(
         baselines.isolation_forest(), case, fit_rows, test, quality.FitOptions(seed=1)
     )
-    assert auc > 0.99 and f1 > 0.8
+    assert auc > 0.99 and f1 > 0.6  # 40 anomalies among 300 or 1,500 test normals
     assert fpr < 0.04  # the 99th percentile of held-out scores: ~1 % of unseen normals above
 
 
