@@ -103,7 +103,20 @@ def choose(text: str, known: Collection[str], needs_pyod: Collection[str]) -> tu
     if missing and any(name in needs_pyod for name in chosen):
         print(f"PyOD baselines left out: {missing}", file=sys.stderr)
         chosen = tuple(name for name in chosen if name not in needs_pyod)
+    if any(name in needs_pyod for name in chosen):
+        warm_up_torch()
     return chosen
+
+
+def warm_up_torch() -> None:
+    """Train a tiny PyOD AutoEncoder and LSTMAD once, before any TensorFlow training.
+
+    With TensorFlow 2.20 and torch 2.15 in one process, torch's first training step after
+    TensorFlow has trained a model aborts the process ("LLVM ERROR: inconsistency in registered
+    CommandLine options": both carry LLVM); after a first torch step both run side by side."""
+    rows = np.random.default_rng(0).normal(size=(64, 8, 3))
+    pyod_lstmad(epochs=1)(rows, 0)(rows)
+    pyod_autoencoder(rows, 0)(rows)
 
 
 def _torch(seed: int):  # type: ignore[no-untyped-def]
