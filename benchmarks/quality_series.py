@@ -1,5 +1,6 @@
 """Detection quality on keyed series (issue 12): windowed autoencoders against a point model,
-IsolationForest on flattened causal windows and a rolling z-score.
+IsolationForest on flattened causal windows, a rolling z-score, and PyOD 3's AutoEncoder and
+LSTMAD on the same causal windows.
 
 Two families of generated series (`trainer.builtin_machines`): ``machines`` (periodic load,
 per-machine levels and rhythms) and ``machines-ar`` (mean-reverting pressure and flow with
@@ -9,8 +10,11 @@ worker's would. The windowed models train as ``anomaly-trainer fit --window`` do
 into train, validation and calibration inside the fit part, labelled windows left out, per-key
 normalisation and thresholds). IsolationForest and the rolling z-score get the same per-key
 normalisation, the same training windows and per-key thresholds by the same rule from the same
-calibration windows. The point model is `anomaly-trainer fit` without ``--window`` (one pooled
-threshold). PyOD is not installed here, so its AutoEncoder and LSTMAD are left out.
+calibration windows, and so do PyOD's AutoEncoder (its defaults, on the flattened window) and
+LSTMAD (the window's newest row predicted from the W-1 rows before it; its defaults but
+``--lstmad-epochs``) when the ``bench`` extra is installed (`make bench-setup`; without it one
+line says so and their rows are left out). The point model is `anomaly-trainer fit` without
+``--window`` (one pooled threshold).
 
 Metrics on the test rows: ROC-AUC and PR-AUC of the score relative to its key's threshold; event
 recall (share of labelled ranges with a flagged row) and normal-row FPR at the default
@@ -20,6 +24,7 @@ the test normals: the same oracle for every method).
 
     python benchmarks/quality_series.py                           # both families, 3 seeds
     python benchmarks/quality_series.py --families machines --seeds 1 --architectures dense,lstm
+    python benchmarks/quality_series.py --baselines rolling-z,pyod-lstmad --lstmad-epochs 10
 """
 
 from __future__ import annotations
@@ -32,19 +37,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from sklearn.ensemble import IsolationForest  # noqa: E402
 from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
 
 from anomaly_contract.key_normaliser import KeyNormaliser  # noqa: E402
 from anomaly_contract.key_thresholds import fit_key_thresholds  # noqa: E402
 from anomaly_contract.model_dir import load_bundle  # noqa: E402
 from anomaly_contract.windows import index_windows  # noqa: E402
+from benchmarks import baselines  # noqa: E402
 from trainer.data_series import SeriesData, load_series  # noqa: E402
 from trainer.evaluate_series import labelled_ranges  # noqa: E402
 from trainer.fit import FitOptions, fit_model  # noqa: E402
@@ -140,13 +146,10 @@ def point_model(run: Run) -> Scores:
     return Scores(errors / trained.threshold, seconds)
 
 
-Scorer = Callable[[np.ndarray], np.ndarray]  # windows (n, W, C) -> scores (n,)
-
-
-def window_baseline(run: Run, fit_scorer: Callable[[np.ndarray], Scorer]) -> Scores:
+def window_baseline(run: Run, detector: baselines.Detector) -> Scores:
     """A detector on normalised causal windows, thresholded per key like the trainer.
 
-    ``fit_scorer(train_windows)`` returns the function scoring windows (n, W, C)."""
+    ``detector(train_windows, seed)`` returns the function scoring windows (n, W, C)."""
     started = time.perf_counter()
     fit = run.fit_data
     parts = split_series(fit, run.window, FitOptions())
@@ -155,7 +158,7 @@ def window_baseline(run: Run, fit_scorer: Callable[[np.ndarray], Scorer]) -> Sco
     fit_windows = normaliser.transform_rows(fit.x, fit.keys)[parts.index.rows]
     trained_on = even_subsample(parts.train, run.max_train_windows)
     fit_keys = parts.index.key_names[parts.index.window_keys].astype(str)
-    score = fit_scorer(fit_windows[trained_on])
+    score = detector(fit_windows[trained_on], run.seed)
     calibration = score(fit_windows[parts.calibration])
     thresholds = fit_key_thresholds(calibration, fit_keys[parts.calibration], 99.0)
     index = index_windows(run.data.keys, run.data.x.shape[0], run.window, run.data.times)
@@ -168,16 +171,7 @@ def window_baseline(run: Run, fit_scorer: Callable[[np.ndarray], Scorer]) -> Sco
     return Scores(relative, time.perf_counter() - started)
 
 
-def isolation_forest(seed: int) -> Callable[[np.ndarray], Scorer]:
-    def fit(train: np.ndarray) -> Scorer:
-        forest = IsolationForest(n_estimators=200, random_state=seed)
-        forest.fit(train.reshape(train.shape[0], -1))
-        return lambda windows: -forest.score_samples(windows.reshape(windows.shape[0], -1))
-
-    return fit
-
-
-def rolling_z(_train: np.ndarray) -> Scorer:
+def rolling_z(_train: np.ndarray, _seed: int) -> baselines.Scorer:
     """The newest row's largest |z| against the W-1 rows before it (of its key); no fitting."""
 
     def score(windows: np.ndarray) -> np.ndarray:
@@ -239,17 +233,34 @@ def family_runs(family: str, args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+# Baselines on windows --baselines can choose from: the table's row name and whether it needs PyOD.
+BASELINES: dict[str, tuple[str, bool]] = {
+    "point": ("point model (dense)", False),
+    "isolation-forest": ("IsolationForest on windows", False),
+    "rolling-z": ("rolling z-score", False),
+    "pyod-autoencoder": ("PyOD AutoEncoder on windows", True),
+    "pyod-lstmad": ("PyOD LSTMAD on windows", True),
+}
+
+
 def methods(args: argparse.Namespace) -> dict[str, Callable[[Run], Scores]]:
     table: dict[str, Callable[[Run], Scores]] = {}
     for arch in args.architectures:
         table[f"windowed {arch}"] = lambda run, arch=arch: windowed(run, arch)
     if args.only_windowed:
         return table
-    table["point model (dense)"] = point_model
-    table["IsolationForest on windows"] = lambda run: window_baseline(
-        run, isolation_forest(run.seed)
-    )
-    table["rolling z-score"] = lambda run: window_baseline(run, rolling_z)
+    detectors: dict[str, baselines.Detector] = {
+        "isolation-forest": baselines.isolation_forest(n_estimators=200),
+        "rolling-z": rolling_z,
+        "pyod-autoencoder": baselines.pyod_autoencoder,
+        "pyod-lstmad": baselines.pyod_lstmad(args.lstmad_epochs),
+    }
+    for name in args.baselines:
+        row = BASELINES[name][0]
+        if name == "point":
+            table[row] = point_model
+        else:
+            table[row] = partial(window_baseline, detector=detectors[name])
     return table
 
 
@@ -282,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score-steps", type=int, default=DEFAULT_SCORE_STEPS)
     ap.add_argument("--only-windowed", action="store_true", help="leave the baselines out")
     ap.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help=f"comma-separated baselines (default all): {', '.join(BASELINES)}",
+    )
+    ap.add_argument(
+        "--lstmad-epochs", type=int, default=None, help="PyOD LSTMAD's epochs (default its own, 50)"
+    )
+    ap.add_argument(
         "--speed", action="store_true", help="only time score_windows for each architecture"
     )
     ap.add_argument(
@@ -290,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[DEFAULT_WINDOW_ARCHITECTURE],
     )
     args = ap.parse_args(argv)
+    try:
+        args.baselines = baselines.choose(
+            args.baselines, BASELINES, {name for name, (_, pyod) in BASELINES.items() if pyod}
+        )
+    except ValueError as exc:
+        ap.error(f"--baselines: {exc}")
     if args.speed:
         for arch in args.architectures:
             rate = scoring_speed(arch, args.window)
@@ -300,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Series quality ({day}; W={args.window}, {args.keys} keys x {args.length} ticks, "
         f"{args.seeds} seeds, mean ± sd; epochs <= {args.epochs}, score steps {args.score_steps}, "
-        f"<= {args.max_train_windows} training windows)\n"
+        f"<= {args.max_train_windows} training windows; PyOD LSTMAD epochs "
+        f"{args.lstmad_epochs or 'its default (50)'}; torch threads {baselines.TORCH_THREADS})\n"
     )
     for family in args.families.split(","):
         runs = family_runs(family, args)
