@@ -24,6 +24,7 @@ the test normals: the same oracle for every method).
 
     python benchmarks/quality_series.py                           # both families, 3 seeds
     python benchmarks/quality_series.py --families machines --seeds 1 --architectures dense,lstm
+    python benchmarks/quality_series.py --only-windowed --architectures conv1d,sparse-conv1d
     python benchmarks/quality_series.py --baselines rolling-z,pyod-lstmad --lstmad-epochs 10
 """
 
@@ -104,8 +105,17 @@ def _rows(data: SeriesData, mask: np.ndarray) -> SeriesData:
     )
 
 
-def windowed(run: Run, architecture: str) -> Scores:
-    options = FitOptions(architecture=architecture, epochs=run.epochs, seed=run.seed)  # type: ignore[arg-type]
+SPARSITY = 1e-3  # "sparse-conv1d" etc.: the architecture with --sparsity (the sparse autoencoder)
+
+
+def windowed(run: Run, name: str) -> Scores:
+    """``name`` is an architecture, or ``sparse-`` and one (with ``--sparsity SPARSITY``)."""
+    options = FitOptions(
+        architecture=name.removeprefix("sparse-"),  # type: ignore[arg-type]
+        epochs=run.epochs,
+        seed=run.seed,
+        sparsity=SPARSITY if name.startswith("sparse-") else None,
+    )
     started = time.perf_counter()
     trained = fit_series_model(
         run.fit_data,
