@@ -36,11 +36,16 @@ class KafkaBrokerError(RuntimeError):
     """The local broker could not be fetched, started or stopped."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and not one of ``avoid``
+    (the kernel may hand out the same free port twice in a row: one broker's listeners must
+    differ)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -71,10 +76,10 @@ class LocalKafka:
     ) -> None:
         self.port = port or free_port()
         self.sasl_users = dict(sasl_users or {})
-        self.sasl_port = free_port() if self.sasl_users else None
+        self.sasl_port = free_port({self.port}) if self.sasl_users else None
         if tls and not self.sasl_users:
             raise ValueError("tls=True needs sasl_users: the TLS listener is SASL_SSL")
-        self.ssl_port = free_port() if tls else None
+        self.ssl_port = free_port({self.port, self.sasl_port or 0}) if tls else None
         self._own_dir = data_dir is None
         self.data_dir = (
             Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="local-kafka-"))

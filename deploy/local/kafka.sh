@@ -248,7 +248,18 @@ cmd_start() {
     if [ -z "$controller_port" ] && [ -f "$abs_data_dir/controller.port" ]; then
         controller_port=$(cat "$abs_data_dir/controller.port")
     fi
-    [ -n "$controller_port" ] || controller_port=$(free_port)
+    if [ -z "$controller_port" ]; then
+        # a free port that none of this broker's listeners uses (the kernel can hand out the
+        # same free port twice in a row)
+        local tries=0
+        controller_port=$(free_port)
+        while [ "$controller_port" = "$PORT" ] || [ "$controller_port" = "${KAFKA_SASL_PORT:-}" ] \
+            || [ "$controller_port" = "${KAFKA_SSL_PORT:-}" ]; do
+            tries=$((tries + 1))
+            [ "$tries" -lt 20 ] || die "found no free controller port"
+            controller_port=$(free_port)
+        done
+    fi
     [ "$controller_port" != "$PORT" ] || die "controller port and client port are both $PORT"
     echo "$controller_port" >"$abs_data_dir/controller.port"
     write_config "$controller_port"
