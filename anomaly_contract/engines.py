@@ -37,19 +37,33 @@ class Engine(Protocol):
 # NumPy inference for dense models
 # --------------------------------------------------------------------------------------------
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # Split by sign so that exp never overflows.
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
+    """1 / (1 + exp(-x)) in place; exp overflows to inf for x < -709, which gives 0 as it should."""
+    with np.errstate(over="ignore"):
+        np.negative(x, out=x)
+        np.exp(x, out=x)
+    x += 1.0
+    return np.reciprocal(x, out=x)
 
 
+def _tanh(x: np.ndarray) -> np.ndarray:
+    """tanh in place as 2 / (1 + exp(-2x)) - 1: NumPy's float64 ``tanh`` costs ~2.5x its ``exp``
+    here (no SIMD tanh for float64 below AVX-512) and was the largest part of scoring a batch.
+    Absolute error <= 4e-16 of the true value (what the next layer's product sees); exp
+    overflows to inf for x < -354, which gives -1 as it should."""
+    with np.errstate(over="ignore"):
+        np.multiply(x, -2.0, out=x)
+        np.exp(x, out=x)
+    x += 1.0
+    np.divide(2.0, x, out=x)
+    x -= 1.0
+    return x
+
+
+# Each works in place on the layer's fresh output and returns it.
 ACTIVATIONS: dict[str, Any] = {
     "linear": None,
     "relu": lambda x: np.maximum(x, 0, out=x),
-    "tanh": lambda x: np.tanh(x, out=x),
+    "tanh": _tanh,
     "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
     "sigmoid": _sigmoid,
 }

@@ -26,6 +26,8 @@ tracker continues exactly like one that was never interrupted.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import heapq
 import json
 import uuid
@@ -40,10 +42,27 @@ _ID_NAMESPACE = uuid.UUID("5f0e7a52-3c1d-4e7b-9a53-2a4d8c9e1b60")
 
 
 def event_id(topic: str, partition: int, offset: int, model_version: str) -> str:
-    """The stable id of the anomaly event of one input record scored by one model version."""
-    return str(
-        uuid.uuid5(_ID_NAMESPACE, json.dumps(["event", topic, partition, offset, model_version]))
-    )
+    """The stable id of the anomaly event of one input record scored by one model version:
+    ``uuid5(_ID_NAMESPACE, json.dumps(["event", topic, partition, offset, model_version]))``,
+    with the JSON's string parts and the hash of the namespace computed once per topic and
+    version (an event's id is a per-event cost)."""
+    head, tail = _event_name_parts(topic, model_version)
+    digest = head.copy()
+    digest.update(f"{partition}, {offset}".encode())
+    digest.update(tail)
+    b = bytearray(digest.digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@functools.lru_cache(maxsize=64)
+def _event_name_parts(topic: str, model_version: str) -> tuple[Any, bytes]:
+    """SHA-1 over the namespace and ``["event", <topic>, `` ; and ``, <version>]``."""
+    head = hashlib.sha1(_ID_NAMESPACE.bytes, usedforsecurity=False)
+    head.update(f"[{json.dumps('event')}, {json.dumps(topic)}, ".encode())
+    return head, f", {json.dumps(model_version)}]".encode()
 
 
 def incident_id(key: str | None, topic: str, partition: int, first_offset: int) -> str:

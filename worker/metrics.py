@@ -91,6 +91,16 @@ def population_stability_index(
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def clipped_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0]`` as int64, by one sorted
+    search (``np.histogram`` sorts the values for uneven bins: ~5x slower on a batch)."""
+    bins = np.searchsorted(edges, values, side="right") - 1  # bin i holds [edges[i], edges[i+1])
+    np.clip(
+        bins, 0, len(edges) - 2, out=bins
+    )  # below the first edge, and the last bin's right edge and beyond
+    return np.bincount(bins, minlength=len(edges) - 1).astype(np.int64, copy=False)
+
+
 class RecentWindow:
     """Counts of recent records (anomalies, error histogram) over a sliding time window.
 
@@ -113,8 +123,7 @@ class RecentWindow:
     def add(self, now: float, n: int, n_anomalies: int, errors: np.ndarray) -> None:
         hist = None
         if self._edges is not None and errors.size:
-            clipped = np.clip(errors, self._edges[0], self._edges[-1])
-            hist = np.histogram(clipped, bins=self._edges)[0].astype(np.int64)
+            hist = clipped_histogram(errors, self._edges)
             self._hist += hist  # type: ignore[operator]
         self._entries.append((now, n, n_anomalies, hist))
         self._n += n

@@ -19,7 +19,6 @@ without Kafka.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from worker.client import InRecord, OutRecord
 from worker.decode import DecodedBatch, DecodeError
 from worker.incident_room import IncidentOutcome, IncidentRoom, point_rows
 from worker.incidents import event_id
+from worker.json_bytes import json_bytes
 from worker.scoring import BatchScores, top_features
 
 # Dead-letter headers (values are UTF-8 bytes).
@@ -76,12 +76,13 @@ def anomaly_event(
     incident_id: str | None = None,
 ) -> bytes:
     """One anomaly event as UTF-8 JSON bytes."""
+    severity = score / threshold if threshold > 0 else None
     event: dict[str, Any] = {
         "id": record_id,
         "event_id": event_id(topic, partition, offset, model_version),
         "score": score,
         "threshold": threshold,
-        "severity": score / threshold if threshold > 0 else None,
+        "severity": severity,
         "model_version": model_version,
         "source": {
             "topic": topic,
@@ -94,7 +95,8 @@ def anomaly_event(
     }
     if incident_id is not None:
         event["incident_id"] = incident_id
-    return json.dumps(event, allow_nan=False, separators=(",", ":")).encode()
+    floats = (score, threshold, severity or 0.0, *(e for _, e in top_features))
+    return json_bytes(event, floats)
 
 
 def dead_letter_headers(
