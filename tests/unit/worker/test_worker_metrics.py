@@ -9,6 +9,7 @@ from worker.metrics import (
     BulkHistogram,
     RecentWindow,
     WorkerMetrics,
+    clipped_histogram,
     population_stability_index,
 )
 
@@ -82,3 +83,18 @@ def test_recent_window_expires_old_batches() -> None:
     assert (n, k, hist.tolist()) == (10, 3, [0, 10])
     w.set_edges([0.0, 1.0])
     assert w.totals()[0] == 0
+
+
+def test_clipped_histogram_is_numpys_on_clipped_values() -> None:
+    """The recent window's bins: values below the first edge count in the first bin, values at
+    or beyond the last edge in the last, an interior edge opens its bin (as np.histogram)."""
+    rng = np.random.default_rng(3)
+    edges = np.sort(rng.lognormal(size=60))
+    for scale in (0.01, 1.0, 100.0):
+        values = np.concatenate(
+            [rng.lognormal(size=500) * scale, edges[rng.integers(0, 60, 40)], [0.0, 1e300]]
+        )
+        expected = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)[0]
+        got = clipped_histogram(values, edges)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, expected)

@@ -146,3 +146,35 @@ def test_a_batch_where_nothing_decoded_is_all_dead_letters() -> None:
     assert [o.topic for o in out.records] == ["dlq", "dlq"]
     assert out.records[1].value == b""  # a tombstone without key still gets a value
     assert out.n_anomalies == 0 and out.finite_scores.size == 0
+
+
+def test_event_id_is_the_uuid5_of_its_json_name() -> None:
+    """The cached-prefix hash gives exactly ``uuid5(namespace, json.dumps([...]))``."""
+    import uuid
+
+    from worker.incidents import _ID_NAMESPACE
+
+    for topic, partition, offset, version in [
+        ("in", 2, 41, "v3"),
+        ('tö"pic\\', 0, 0, "v-ü 1"),
+        ("x", 12345, 2**40, "2026-01-01T00:00:00Z"),
+    ]:
+        name = json.dumps(["event", topic, partition, offset, version])
+        assert event_id(topic, partition, offset, version) == str(uuid.uuid5(_ID_NAMESPACE, name))
+
+
+def test_outputs_json_refuses_non_finite_floats_and_writes_big_integers() -> None:
+    from worker.json_bytes import json_bytes
+
+    big = {"id": 2**70, "score": 1.5}
+    assert json.loads(json_bytes(big, (1.5,))) == big  # beyond orjson: the standard library's
+    assert json.loads(json_bytes({"id": "ü", "x": 1e-05})) == {"id": "ü", "x": 1e-05}
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            json_bytes({"score": bad}, (bad,))
+    with pytest.raises(ValueError):
+        ev.anomaly_event(
+            record_id="a", score=1.0, threshold=0.5, model_version="v1", topic="in",
+            partition=0, offset=1, timestamp_ms=None, top_features=[("temp", float("inf"))],
+            detected_at="now",
+        )  # fmt: skip
