@@ -61,7 +61,13 @@ from worker.settings import WorkerSettings  # noqa: E402
 N_FEATURES = 20
 PARTITIONS = 4
 READY_TIMEOUT_S = 45.0
-TARGETS = {"b/a": 0.8, "b/c": 1000, "p99_ms": 250, "rss_mb": 600, "ready_s": 10}
+# p99: issue 16's bound (it was 250 ms until 2026-12-02)
+TARGETS = {"b/a": 0.8, "b/c": 1000, "p99_ms": 100, "rss_mb": 600, "ready_s": 10}
+# How often (b) reads /metrics while it waits for the last record: each scrape costs the worker
+# a few ms of its loop's CPU (the exposition of ~300 series), so scraping 4x a second (as before
+# 2026-12-02) took ~1 % of its time; Prometheus scrapes every 15 s by default. The rate's end is
+# the worker's own clock at its last batch, so the scrape interval does not enter it.
+SCRAPE_S = 1.0
 
 
 # ------------------------------------------------------------------------------------- data
@@ -164,7 +170,7 @@ def run_worker(
         phases_at_ready = phase_seconds(w.metrics())
         spy = start_profile(w.pid, profile) if profile else None
         try:
-            w.wait_records(n, timeout_s=max(120.0, n / 500), poll_s=0.25)
+            w.wait_records(n, timeout_s=max(120.0, n / 500), poll_s=SCRAPE_S)
         finally:
             if spy is not None:
                 stop_profile(spy)
