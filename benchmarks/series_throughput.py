@@ -4,7 +4,11 @@ One local broker, one 3-partition topic of keyed records (1,000 keys, 3 channels
 ``features`` array, the Kafka key the series key). ``anomaly-worker`` runs as a subprocess
 (`tests/worker_harness`) with its default settings, with a windowed model of the default
 architecture, a windowed dense one (NumPy engine) and a point dense model of the same 3
-features, each from partitions assigned (``/readyz``) to every record counted in ``/metrics``.
+features, each from partitions assigned (``/readyz``) to its last batch (the worker's own
+``anomaly_worker_last_batch_timestamp_seconds``, read once every record is counted). Before
+each model's workers, the same topic is read by the honest ceiling of `throughput.py`: a bare
+kafka-python consumer with the worker's fetch settings decoding each poll with the worker's own
+``decode_batch`` and the model's spec (`ceilings.py`), and the table gives b/a against it.
 The models are trained here by ``anomaly-trainer fit`` with its defaults (``--window 32
 --key-column key`` for the windowed ones) on the same CSV, a few epochs (speed is measured, not
 quality).
@@ -31,12 +35,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # kafka_helpers, worker_harness: shared with the tests
 sys.path.insert(0, str(REPO / "tests" / "unit" / "worker"))  # the tests' small model builders
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
+from ceilings import bare_consume, feature_spec, worker_decoder  # noqa: E402
 from kafka import KafkaProducer  # noqa: E402
 from kafka_helpers import LocalKafka  # noqa: E402
 from worker_harness import Topics, WorkerProcess, make_topics, worker_env  # noqa: E402
 from worker_series_models import CHANNELS, keyed_series  # noqa: E402
+
+from worker.settings import WorkerSettings  # noqa: E402
 
 PARTITIONS = 3
 
@@ -77,10 +85,11 @@ def run_worker(
     env = worker_env(bootstrap, topics, model_dir, base={}, BLAS_THREADS=blas)
     w = WorkerProcess(work / f"worker-{name}.log", env)
     try:
-        w.wait_ready(timeout_s=120)
-        t0 = time.monotonic()
+        w.wait_ready(timeout_s=120, poll_s=0.02)
+        t0 = time.time()
         w.wait_records(n, timeout_s=900, poll_s=0.5)
-        elapsed = time.monotonic() - t0
+        # the end: the worker's own clock at its last batch, not this scrape's
+        elapsed = w.last_metrics[("anomaly_worker_last_batch_timestamp_seconds", ())] - t0
         counts = w.counts()
         warming = w.metric("anomaly_worker_records_total", outcome="warming")
         w.terminate()
@@ -126,12 +135,21 @@ def main() -> int:
             topics = make_topics(broker.bootstrap, f"series-{i}", PARTITIONS)
             rate = produce(broker.bootstrap, topics.input, x, stream_keys)
             print(f"{name}: produced {args.records} at {rate:,.0f}/s", file=sys.stderr)
+            s = WorkerSettings.model_construct()  # the worker's defaults
+            ceiling = bare_consume(broker.bootstrap, topics.input, args.records, s, len)  # warm-up
+            ceiling = bare_consume(
+                broker.bootstrap, topics.input, args.records, s,
+                worker_decoder(feature_spec(model_dir, s)),
+            )  # fmt: skip
+            results[f"{name}, ceiling"] = {"records_per_s": round(ceiling)}
+            print(f"{name}: ceiling (consume + decode_batch) {ceiling:,.0f}/s", file=sys.stderr)
             for blas in (int(b) for b in args.blas_threads.split(",")):
                 topics.group = f"{topics.group}-b{blas}"  # each run reads the topic from the start
                 run = f"{name}, blas_threads={blas}"
                 results[run] = run_worker(
                     broker.bootstrap, topics, model_dir, args.records, work, run, blas
                 )
+                results[run]["b_over_ceiling"] = round(results[run]["records_per_s"] / ceiling, 3)
                 print(f"{run}: {results[run]}", file=sys.stderr)
     finally:
         broker.close()
