@@ -95,9 +95,8 @@ def clipped_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """``np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0]`` as int64, by one sorted
     search (``np.histogram`` sorts the values for uneven bins: ~5x slower on a batch)."""
     bins = np.searchsorted(edges, values, side="right") - 1  # bin i holds [edges[i], edges[i+1])
-    np.clip(
-        bins, 0, len(edges) - 2, out=bins
-    )  # below the first edge, and the last bin's right edge and beyond
+    # below the first edge: the first bin; the last edge and beyond: the last bin
+    np.clip(bins, 0, len(edges) - 2, out=bins)
     return np.bincount(bins, minlength=len(edges) - 1).astype(np.int64, copy=False)
 
 
