@@ -8,9 +8,10 @@ in the live path and in a restore alike (`replay_rows` decodes and keys re-read 
 ``"key"`` and ``"window": {"first_offset", "last_offset"}`` to the point model's (``event_id``
 and, in an incident, ``incident_id`` included), and their
 ``top_features`` name the channels that contribute most to the score (their mean element error
-over the window's scored last rows: the channels' errors average to the score, as a point
-model's features' do), each with how many steps back its largest element error in the whole
-window sits (0: the record itself).
+over the window's scored last rows, over the channel's calibrated scale for a ``channel_max``
+model: the channels' errors average to a mean score, as a point model's features' do, and the
+first one is a ``channel_max`` score), each with how many steps back its largest element error
+in the whole window sits (0: the record itself).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from anomaly_contract.series import channel_errors
 from anomaly_contract.windows import Window
 from worker import decode as dec
 from worker.client import InRecord, OutRecord, Partition
@@ -50,6 +52,10 @@ class WindowScorer(Protocol):
     @property
     def score_steps(self) -> int:
         """A window's score is the mean element error of its last ``score_steps`` rows."""
+
+    @property
+    def channel_scales(self) -> np.ndarray | None:
+        """Each channel's scale of a ``channel_max`` score (None: the mean score)."""
 
     def score_windows(self, windows: np.ndarray, keys: Sequence[str]) -> WindowScores: ...
 
@@ -111,17 +117,21 @@ def push_batch(
 
 
 def window_top_features(
-    element_errors: np.ndarray, names: Sequence[str], k: int, score_steps: int
+    element_errors: np.ndarray,
+    names: Sequence[str],
+    k: int,
+    score_steps: int,
+    channel_scales: np.ndarray | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Per window ``(W, C)``: the ``k`` channels with the largest mean error over the last
-    ``score_steps`` rows (what the score averages), largest first, each with that error and how
-    many steps back the channel's largest element error in the window sits (0: the newest
-    record)."""
+    ``score_steps`` rows (over ``channel_scales`` when given: what the score takes the largest
+    of), largest first, each with that error and how many steps back the channel's largest
+    element error in the window sits (0: the newest record)."""
     n, width, channels = element_errors.shape
     k = min(k, channels)
     if n == 0 or k <= 0:
         return [[] for _ in range(n)]
-    contribution = element_errors[:, -score_steps:, :].mean(axis=1)  # (n, C)
+    contribution = channel_errors(element_errors, score_steps, channel_scales)  # (n, C)
     peak_step = element_errors.argmax(axis=1)  # (n, C)
     order = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
     out: list[list[dict[str, Any]]] = []
@@ -212,7 +222,9 @@ def score_pushed(
     tops: dict[int, list[dict[str, Any]]] = {}
     if anomalous.size:
         element_errors = np.asarray(scored.element_errors)[anomalous]
-        ranked = window_top_features(element_errors, names, k, model.score_steps)
+        ranked = window_top_features(
+            element_errors, names, k, model.score_steps, model.channel_scales
+        )
         tops = dict(zip(anomalous.tolist(), ranked, strict=True))
     return ScoredWindows(scores, thresholds, finite, anomalous, tops)
 
