@@ -143,27 +143,34 @@ class SeriesParams(_Strict):
     # published before this field), or "channel_max": each channel's error divided by its scale
     # in ``channel_scales`` (learnt from the calibration windows, pooled over keys), then the
     # largest, so an anomaly in one channel of several is not averaged away.
+    # ``key_channel_scales``: a key's own scales (learnt from its validation windows); keys
+    # without them (too few windows, or unseen in training) use ``channel_scales``.
     score: Literal["mean", "channel_max"] = "mean"
     channel_scales: list[float] | None = None
+    key_channel_scales: dict[str, list[float]] | None = None
 
     @model_validator(mode="after")
     def _scales_match_the_score(self) -> SeriesParams:
         if self.score == "channel_max":
-            scales = self.channel_scales or []
-            if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
-                raise ValueError("score 'channel_max' needs positive finite channel_scales")
-        elif self.channel_scales is not None:
-            raise ValueError("channel_scales belong to score 'channel_max' only")
+            every = [self.channel_scales or [], *(self.key_channel_scales or {}).values()]
+            n = len(every[0])
+            for scales in every:
+                if not scales or len(scales) != n:
+                    raise ValueError("score 'channel_max' needs one scale per channel")
+                if not all(math.isfinite(s) and s > 0 for s in scales):
+                    raise ValueError("score 'channel_max' needs positive finite channel_scales")
+        elif self.channel_scales is not None or self.key_channel_scales is not None:
+            raise ValueError("channel scales belong to score 'channel_max' only")
         return self
 
     @model_serializer(mode="wrap")
     def _mean_is_written_as_before(self, handler: Any) -> Any:
-        # A "mean" manifest is written without the two fields, as before they existed, so a
+        # A "mean" manifest is written without the score fields, as before they existed, so a
         # worker of an older release (extra="forbid") still loads it.
         data = handler(self)
         if isinstance(data, dict) and self.score == "mean":
-            data.pop("score", None)
-            data.pop("channel_scales", None)
+            for name in ("score", "channel_scales", "key_channel_scales"):
+                data.pop(name, None)
         return data
 
 

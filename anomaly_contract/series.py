@@ -148,7 +148,8 @@ def channel_errors(
     element_errors: np.ndarray, score_steps: int, channel_scales: np.ndarray | None = None
 ) -> np.ndarray:
     """Each channel's error of a window's scored rows (n, C): the mean element error over the
-    last ``score_steps`` rows, divided by the channel's scale when ``channel_scales`` is given."""
+    last ``score_steps`` rows, divided by the channel's scale when ``channel_scales`` is given
+    (C,) or, one row of scales per window, (n, C)."""
     per_channel = element_errors[:, -score_steps:, :].mean(axis=1)
     if channel_scales is None:
         return per_channel
@@ -189,8 +190,10 @@ class SeriesModel:
         self.score_steps = min(int(params.score_steps), self.window)
         self.channels = bundle.manifest.n_features
         self.channel_names = list(bundle.manifest.feature_names)
-        # None: the mean score (manifests without ``score``, or "mean"); else one scale a channel.
+        # None: the mean score (manifests without ``score``, or "mean"); else one scale a channel
+        # (and a key's own, where it has them).
         self.channel_scales: np.ndarray | None = None
+        self.key_channel_scales: dict[str, np.ndarray] = {}
         if params.score == "channel_max":
             scales = np.asarray(params.channel_scales, dtype=np.float64)
             if scales.shape != (self.channels,):
@@ -198,8 +201,26 @@ class SeriesModel:
                     f"series.channel_scales holds {scales.size} scales for {self.channels} channels"
                 )
             self.channel_scales = scales
+            self.key_channel_scales = {
+                str(k): np.asarray(v, dtype=np.float64)
+                for k, v in (params.key_channel_scales or {}).items()
+            }
         self.normaliser = KeyNormaliser.from_json(params.normaliser)
         self.thresholds = KeyThresholds.from_json(params.thresholds)
+
+    def channel_scales_for(self, keys: Sequence[str] | np.ndarray) -> np.ndarray | None:
+        """The channel scales of each window's key (n, C): its own, or the pooled ones; None
+        for a mean score."""
+        if self.channel_scales is None:
+            return None
+        key_column = np.asarray(keys, dtype=object).reshape(-1)
+        if not self.key_channel_scales:
+            return np.broadcast_to(self.channel_scales, (key_column.shape[0], self.channels))
+        names, codes = np.unique(key_column, return_inverse=True)
+        table = np.stack(
+            [self.key_channel_scales.get(str(k), self.channel_scales) for k in names]
+        ).reshape(len(names), self.channels)
+        return table[codes.reshape(-1)]
 
     @property
     def warmup_records(self) -> int:
@@ -244,8 +265,9 @@ class SeriesModel:
         normalised = normalise_windows(values, key_column, normaliser)
         rec = self.reconstruct(normalised)
         errors = feature_errors(normalised, rec, self.bundle.manifest.error)
-        scores = window_scores(errors, self.score_steps, self.channel_scales)
-        per_channel = channel_errors(errors, self.score_steps, self.channel_scales)
+        scales = self.channel_scales_for(key_column)
+        scores = window_scores(errors, self.score_steps, scales)
+        per_channel = channel_errors(errors, self.score_steps, scales)
         return SeriesScores(scores, self.thresholds.thresholds_for(key_column), errors, per_channel)
 
     def row_windows(self, x: np.ndarray, keys: Any = None, order: Any = None) -> RowWindows:

@@ -66,6 +66,7 @@ from trainer.fit_series import (  # noqa: E402
     SeriesScore,
     even_subsample,
     fit_channel_scales,
+    fit_key_channel_scales,
     fit_series_model,
     split_series,
 )
@@ -144,10 +145,13 @@ def windowed(
     with tempfile.TemporaryDirectory() as model_dir:
         bundle = load_bundle(model_dir, publish_model(trained, model_dir))
         result = bundle.series.score_rows(run.data.x, run.data.keys, run.data.times)
-        calibration = None
+        validation_keys = parts.index.key_names[parts.index.window_keys[parts.validation]]
+        calibration = validation = None
         if score_variants:
             windows = run.fit_data.x[parts.index.rows[parts.calibration]]
             calibration = bundle.series.score_windows(windows, list(calibration_keys))
+            windows = run.fit_data.x[parts.index.rows[parts.validation]]
+            validation = bundle.series.score_windows(windows, list(validation_keys))
     thresholds = bundle.series.thresholds
     variants = {}
     if not score_variants:
@@ -160,15 +164,19 @@ def windowed(
             / own.thresholds_for(result.keys),
         }
     else:
-        assert calibration is not None
+        assert calibration is not None and validation is not None
         steps = bundle.series.score_steps
-        cal_channels = channel_errors(calibration.element_errors, steps)
-        test_channels = channel_errors(result.element_errors, steps)
         test_keys = result.keys[result.scored_rows]
+        sets = ChannelSets(
+            channel_errors(calibration.element_errors, steps),
+            calibration_keys,
+            channel_errors(validation.element_errors, steps),
+            validation_keys,
+            channel_errors(result.element_errors, steps),
+            test_keys,
+        )
         for rule, reduce in SCORE_RULES.items():
-            cal_scores, test_scores = reduce(
-                cal_channels, test_channels, calibration_keys, test_keys
-            )
+            cal_scores, test_scores = reduce(sets)
             own_thresholds = fit_key_thresholds(cal_scores, calibration_keys, 99.0)
             relative = np.full(result.scores.shape[0], np.nan)
             relative[result.scored_rows] = own_thresholds.relative_scores(test_scores, test_keys)
@@ -176,36 +184,58 @@ def windowed(
     return Scores(result.scores / result.thresholds, seconds, variants)
 
 
-Reduce = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+@dataclass(frozen=True)
+class ChannelSets:
+    """Channel errors (n, C) of the scored rows of one network's calibration, validation and
+    test windows, and each window's key."""
+
+    cal: np.ndarray
+    cal_keys: np.ndarray
+    val: np.ndarray
+    val_keys: np.ndarray
+    test: np.ndarray
+    test_keys: np.ndarray
+
+
+Reduce = Callable[[ChannelSets], tuple[np.ndarray, np.ndarray]]  # -> calibration, test scores
 
 
 def _scaled(
-    quantile: float, combine: Callable[[np.ndarray], np.ndarray], per_key: bool = False
+    quantile: float,
+    combine: Callable[[np.ndarray], np.ndarray],
+    per_key: bool = False,
+    from_validation: bool = False,
 ) -> Reduce:
-    """Channel errors over their calibration ``quantile`` (pooled, or each key's own), then
-    ``combine`` over channels (n, C) -> (n,)."""
+    """Channel errors over their ``quantile`` on the calibration windows (pooled, or each key's
+    own), or with ``from_validation`` the trainer's ``channel_max_per_key`` rule at that
+    quantile (`fit_key_channel_scales` on the validation windows); then ``combine`` over
+    channels (n, C) -> (n,)."""
 
-    def reduce(
-        cal: np.ndarray, test: np.ndarray, cal_keys: np.ndarray, test_keys: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        pooled = fit_channel_scales(cal, quantile)
-        if not per_key:
-            return combine(cal / pooled), combine(test / pooled)
-        own = {k: fit_channel_scales(cal[cal_keys == k], quantile) for k in np.unique(cal_keys)}
-        cal_scales = np.stack([own[k] for k in cal_keys])
-        test_scales = np.stack([own.get(k, pooled) for k in test_keys])
-        return combine(cal / cal_scales), combine(test / test_scales)
+    def reduce(c: ChannelSets) -> tuple[np.ndarray, np.ndarray]:
+        if from_validation:
+            pooled, own = fit_key_channel_scales(c.val, c.val_keys, quantile)
+        else:
+            pooled = fit_channel_scales(c.cal, quantile)
+            own = {}
+            if per_key:
+                own = {
+                    str(k): fit_channel_scales(c.cal[c.cal_keys == k], quantile)
+                    for k in np.unique(c.cal_keys)
+                }
+        if not own:
+            return combine(c.cal / pooled), combine(c.test / pooled)
+        cal_scales = np.stack([own.get(str(k), pooled) for k in c.cal_keys])
+        test_scales = np.stack([own.get(str(k), pooled) for k in c.test_keys])
+        return combine(c.cal / cal_scales), combine(c.test / test_scales)
 
     return reduce
 
 
-def _robust_z(
-    cal: np.ndarray, test: np.ndarray, _cal_keys: np.ndarray, _test_keys: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _robust_z(c: ChannelSets) -> tuple[np.ndarray, np.ndarray]:
     """Largest (error - median) / MAD over channels, both from the calibration errors."""
-    median = np.median(cal, axis=0)
-    mad = np.maximum(np.median(np.abs(cal - median), axis=0), 1e-12)
-    return ((cal - median) / mad).max(axis=1), ((test - median) / mad).max(axis=1)
+    median = np.median(c.cal, axis=0)
+    mad = np.maximum(np.median(np.abs(c.cal - median), axis=0), 1e-12)
+    return ((c.cal - median) / mad).max(axis=1), ((c.test - median) / mad).max(axis=1)
 
 
 def _top2(z: np.ndarray) -> np.ndarray:
@@ -223,15 +253,10 @@ def _max(z: np.ndarray) -> np.ndarray:
     return z.max(axis=1)
 
 
-def _mean(cal: np.ndarray, test: np.ndarray, *_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return cal.mean(axis=1), test.mean(axis=1)
-
-
-# The rules --score-variants compares on one trained network (channel errors (n, C) of the
-# scored rows of calibration and test windows -> scores).
+# The rules --score-variants compares on one trained network (`ChannelSets` -> scores).
 SCORE_RULES: dict[str, Reduce] = {
-    "mean (as before)": _mean,
-    "channel max, unscaled": lambda cal, test, *_: (cal.max(axis=1), test.max(axis=1)),
+    "mean (as before)": lambda c: (c.cal.mean(axis=1), c.test.mean(axis=1)),
+    "channel max, unscaled": lambda c: (c.cal.max(axis=1), c.test.max(axis=1)),
     "channel max / p99": _scaled(0.99, _max),
     "channel max / p95": _scaled(0.95, _max),
     "channel max / p90": _scaled(0.90, _max),
@@ -239,8 +264,15 @@ SCORE_RULES: dict[str, Reduce] = {
     "channel max of (e - median) / MAD": _robust_z,
     "top-2 mean / p99": _scaled(0.99, _top2),
     "soft max (T = 0.25) / p99": _scaled(0.99, _soft_max),
-    "channel max / per-key p99": _scaled(0.99, _max, per_key=True),
-    "channel max / per-key p90": _scaled(0.90, _max, per_key=True),
+    "channel max / per-key p99 of calibration": _scaled(0.99, _max, per_key=True),
+    "channel max / per-key p90 of calibration": _scaled(0.90, _max, per_key=True),
+    "channel max / per-key p90 of validation": _scaled(0.90, _max, from_validation=True),
+    "channel max / per-key p95 of validation": _scaled(0.95, _max, from_validation=True),
+    "channel max / per-key p75 of validation": _scaled(0.75, _max, from_validation=True),
+    "channel max / per-key median of validation": _scaled(0.5, _max, from_validation=True),
+    "soft max (T = 0.25) / per-key p90 of validation": _scaled(
+        0.90, _soft_max, from_validation=True
+    ),
 }
 
 

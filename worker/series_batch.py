@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from anomaly_contract.series import channel_errors
 from anomaly_contract.windows import Window
 from worker import decode as dec
 from worker.client import InRecord, OutRecord, Partition
@@ -44,6 +43,9 @@ class WindowScores(Protocol):
     def thresholds(self) -> np.ndarray: ...
     @property
     def element_errors(self) -> np.ndarray: ...
+    @property
+    def channel_errors(self) -> np.ndarray:
+        """(n, C): each channel's error of the scored rows, as the score reduces them."""
 
 
 class WindowScorer(Protocol):
@@ -52,10 +54,6 @@ class WindowScorer(Protocol):
     @property
     def score_steps(self) -> int:
         """A window's score is the mean element error of its last ``score_steps`` rows."""
-
-    @property
-    def channel_scales(self) -> np.ndarray | None:
-        """Each channel's scale of a ``channel_max`` score (None: the mean score)."""
 
     def score_windows(self, windows: np.ndarray, keys: Sequence[str]) -> WindowScores: ...
 
@@ -121,17 +119,22 @@ def window_top_features(
     names: Sequence[str],
     k: int,
     score_steps: int,
-    channel_scales: np.ndarray | None = None,
+    contributions: np.ndarray | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """Per window ``(W, C)``: the ``k`` channels with the largest mean error over the last
-    ``score_steps`` rows (over ``channel_scales`` when given: what the score takes the largest
-    of), largest first, each with that error and how many steps back the channel's largest
-    element error in the window sits (0: the newest record)."""
+    """Per window ``(W, C)``: the ``k`` channels with the largest ``contributions`` (n, C), by
+    default the mean error over the last ``score_steps`` rows (a ``channel_max`` model's are
+    those over the channel scales: what the score takes the largest of), largest first, each
+    with that error and how many steps back the channel's largest element error in the window
+    sits (0: the newest record)."""
     n, width, channels = element_errors.shape
     k = min(k, channels)
     if n == 0 or k <= 0:
         return [[] for _ in range(n)]
-    contribution = channel_errors(element_errors, score_steps, channel_scales)  # (n, C)
+    contribution = (
+        element_errors[:, -score_steps:, :].mean(axis=1)
+        if contributions is None
+        else np.asarray(contributions, dtype=np.float64)
+    )  # (n, C)
     peak_step = element_errors.argmax(axis=1)  # (n, C)
     order = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
     out: list[list[dict[str, Any]]] = []
@@ -222,9 +225,8 @@ def score_pushed(
     tops: dict[int, list[dict[str, Any]]] = {}
     if anomalous.size:
         element_errors = np.asarray(scored.element_errors)[anomalous]
-        ranked = window_top_features(
-            element_errors, names, k, model.score_steps, model.channel_scales
-        )
+        contributions = np.asarray(scored.channel_errors)[anomalous]
+        ranked = window_top_features(element_errors, names, k, model.score_steps, contributions)
         tops = dict(zip(anomalous.tolist(), ranked, strict=True))
     return ScoredWindows(scores, thresholds, finite, anomalous, tops)
 

@@ -34,9 +34,11 @@ def series_bundle(
     warmup: int = 16,
     score_steps: int = 1,
     channel_scales: list[float] | None = None,
+    key_channel_scales: dict[str, list[float]] | None = None,
 ) -> ModelBundle:
     """A windowed dense model whose normaliser knows ``train_keys``; thresholds from noise.
-    ``channel_scales`` makes it a ``channel_max`` model (the mean score without them)."""
+    ``channel_scales`` makes it a ``channel_max`` model (the mean score without them), with
+    ``key_channel_scales`` for some keys."""
     rng = np.random.default_rng(7)
     size, hidden = window * channels, 5
     engine = DenseEngine(
@@ -64,7 +66,11 @@ def series_bundle(
                 **(
                     {}
                     if channel_scales is None
-                    else {"score": "channel_max", "channel_scales": channel_scales}
+                    else {
+                        "score": "channel_max",
+                        "channel_scales": channel_scales,
+                        "key_channel_scales": key_channel_scales,
+                    }
                 ),
             ),
         }

@@ -18,10 +18,24 @@ WINDOW, CHANNELS, WARMUP = 6, 3, 16
 SCALES = [0.5, 2.0, 8.0]
 
 
-def _bundle(steps: int = 1, scales: list[float] | None = None):  # type: ignore[no-untyped-def]
+OWN = {"a": [4.0, 0.25, 1.0]}  # key "a" has its own scales; "b", "c" and unseen keys pool
+
+
+def _bundle(  # type: ignore[no-untyped-def]
+    steps: int = 1,
+    scales: list[float] | None = None,
+    own: dict[str, list[float]] | None = None,
+):
     x, keys = keyed_rows(900, ["a", "b", "c"], CHANNELS, seed=1)
     return series_bundle(
-        WINDOW, CHANNELS, x, keys, warmup=WARMUP, score_steps=steps, channel_scales=scales
+        WINDOW,
+        CHANNELS,
+        x,
+        keys,
+        warmup=WARMUP,
+        score_steps=steps,
+        channel_scales=scales,
+        key_channel_scales=own,
     )
 
 
@@ -73,9 +87,24 @@ def test_one_channel_far_off_is_not_diluted_by_the_others():
     assert window_scores(np.zeros((0, 4, 3)), 1, np.ones(3)).shape == (0,)
 
 
+def test_a_key_with_its_own_scales_uses_them_and_the_others_the_pooled_ones():
+    model = _bundle(scales=SCALES, own=OWN).series
+    x, keys = keyed_rows(400, ["a", "b", "new"], CHANNELS, seed=5)
+    result = model.score_rows(x, keys)
+    rows = result.scored_rows
+    scales = np.array([OWN["a"] if keys[r] == "a" else SCALES for r in rows])
+    expected = (result.element_errors[:, -1, :] / scales).max(axis=1)
+    np.testing.assert_allclose(result.scores[rows], expected, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(model.channel_scales_for(["b", "a"]), [SCALES, OWN["a"]])
+    assert _bundle().series.channel_scales_for(["a"]) is None
+
+
+@pytest.mark.parametrize("own", [None, OWN])
 @pytest.mark.parametrize("batch", [1, 7, 500])
-def test_streaming_gives_the_offline_channel_max_scores(batch: int):
-    model = _bundle(scales=SCALES).series
+def test_streaming_gives_the_offline_channel_max_scores(
+    batch: int, own: dict[str, list[float]] | None
+):
+    model = _bundle(scales=SCALES, own=own).series
     x, keys = keyed_rows(700, ["a", "b", "new-1", "new-2"], CHANNELS, seed=4)
     offline = model.score_rows(x, keys)
     streamed = _stream(model, x, keys, batch)
@@ -87,12 +116,16 @@ def test_streaming_gives_the_offline_channel_max_scores(batch: int):
     assert not np.allclose(mean[scored], offline.scores[scored])
 
 
-def test_the_score_and_its_scales_round_trip_through_the_manifest():
-    bundle = _bundle(scales=SCALES)
+@pytest.mark.parametrize("own", [None, OWN])
+def test_the_score_and_its_scales_round_trip_through_the_manifest(
+    own: dict[str, list[float]] | None,
+):
+    bundle = _bundle(scales=SCALES, own=own)
     loaded = Manifest.model_validate_json(bundle.manifest.model_dump_json())
     assert loaded == bundle.manifest
     assert loaded.series is not None
     assert (loaded.series.score, loaded.series.channel_scales) == ("channel_max", SCALES)
+    assert loaded.series.key_channel_scales == own
 
 
 @pytest.mark.parametrize(
@@ -102,6 +135,13 @@ def test_the_score_and_its_scales_round_trip_through_the_manifest():
         {"score": "channel_max", "channel_scales": [1.0, 0.0, 1.0]},
         {"score": "channel_max", "channel_scales": [1.0, float("nan"), 1.0]},
         {"score": "mean", "channel_scales": [1.0, 1.0, 1.0]},
+        {"score": "mean", "key_channel_scales": {"a": [1.0, 1.0, 1.0]}},
+        {"score": "channel_max", "channel_scales": [1.0] * 3, "key_channel_scales": {"a": [1.0]}},
+        {
+            "score": "channel_max",
+            "channel_scales": [1.0] * 3,
+            "key_channel_scales": {"a": [1, -1, 1]},
+        },
         {"score": "median"},
     ],
 )

@@ -146,6 +146,29 @@ def test_fit_series_score_channel_max_publishes_scales_and_scores_with_them(tmp_
     np.testing.assert_allclose(got, result.scores, rtol=1e-12)
 
 
+def test_fit_series_score_channel_max_per_key_publishes_each_keys_scales(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = _machines_csv(tmp_path / "d.csv", keys=3, length=300)
+    model_dir = tmp_path / "m"
+    args = ["fit", str(data), "--model-dir", str(model_dir), "--window", str(WINDOW)]
+    keyed = ["--key-column", "key", "--time-column", "t", "--architecture", "dense"]
+    assert main([*args, *keyed, "--series-score", "channel-max-per-key", *FAST]) == 0
+    bundle = load_bundle(model_dir)
+    series = bundle.manifest.series
+    assert series is not None and series.score == "channel_max"
+    # 300 rows a key give ~38 validation windows of W = 8: each key has its own scales
+    assert series.key_channel_scales is not None
+    assert sorted(series.key_channel_scales) == ["m000", "m001", "m002"]
+    assert series.channel_scales is not None and len(series.channel_scales) == 3
+    frame = pd.read_csv(data)
+    result = bundle.series.score_rows(
+        frame[["temp", "load", "vibration"]].to_numpy(), frame["key"], frame["t"]
+    )
+    rows = result.scored_rows
+    scales = np.array([series.key_channel_scales[str(frame["key"][r])] for r in rows])
+    expected = (result.element_errors[:, -1, :] / scales).max(axis=1)
+    np.testing.assert_allclose(result.scores[rows], expected, rtol=1e-12)
+
+
 def test_fit_without_series_score_keeps_the_mean_score(series_model) -> None:  # type: ignore[no-untyped-def]
     _, model_dir = series_model
     series = load_bundle(model_dir).manifest.series

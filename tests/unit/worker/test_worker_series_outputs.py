@@ -34,7 +34,8 @@ def test_top_features_of_a_channel_max_model_rank_by_the_scaled_errors():
     errors = np.zeros((1, 6, 3))
     errors[0, -1] = [4.0, 1.0, 0.5]  # temp's raw error is the largest...
     scales = np.array([8.0, 0.5, 1.0])  # ...but rpm's is 4x its usual: the score is rpm's
-    top = window_top_features(errors, NAMES, 3, score_steps=1, channel_scales=scales)[0]
+    scaled = errors[:, -1, :] / scales
+    top = window_top_features(errors, NAMES, 3, score_steps=1, contributions=scaled)[0]
     assert [t["name"] for t in top] == ["rpm", "temp", "load"]
     assert [t["error"] for t in top] == [2.0, 0.5, 0.5]
     assert top[0]["error"] == (errors[0, -1] / scales).max()  # the first one is the score
