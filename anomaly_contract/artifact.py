@@ -16,6 +16,7 @@ This package holds no training code. Keras and TensorFlow are imported lazily.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from anomaly_contract.engines import Engine, load_keras_model
 
@@ -138,6 +139,39 @@ class SeriesParams(_Strict):
     time_column: str | None = None
     normaliser: dict[str, Any]
     thresholds: dict[str, Any]
+    # How those rows' element errors become the score: "mean" over every channel (every version
+    # published before this field), or "channel_max": each channel's error divided by its scale
+    # in ``channel_scales`` (learnt from the calibration windows, pooled over keys), then the
+    # largest, so an anomaly in one channel of several is not averaged away.
+    # ``key_channel_scales``: a key's own scales (learnt from its validation windows); keys
+    # without them (too few windows, or unseen in training) use ``channel_scales``.
+    score: Literal["mean", "channel_max"] = "mean"
+    channel_scales: list[float] | None = None
+    key_channel_scales: dict[str, list[float]] | None = None
+
+    @model_validator(mode="after")
+    def _scales_match_the_score(self) -> SeriesParams:
+        if self.score == "channel_max":
+            every = [self.channel_scales or [], *(self.key_channel_scales or {}).values()]
+            n = len(every[0])
+            for scales in every:
+                if not scales or len(scales) != n:
+                    raise ValueError("score 'channel_max' needs one scale per channel")
+                if not all(math.isfinite(s) and s > 0 for s in scales):
+                    raise ValueError("score 'channel_max' needs positive finite channel_scales")
+        elif self.channel_scales is not None or self.key_channel_scales is not None:
+            raise ValueError("channel scales belong to score 'channel_max' only")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _mean_is_written_as_before(self, handler: Any) -> Any:
+        # A "mean" manifest is written without the score fields, as before they existed, so a
+        # worker of an older release (extra="forbid") still loads it.
+        data = handler(self)
+        if isinstance(data, dict) and self.score == "mean":
+            for name in ("score", "channel_scales", "key_channel_scales"):
+                data.pop(name, None)
+        return data
 
 
 # Windowed models add "lstm" and "conv1d"; a windowed "dense" is dense on the flattened window.

@@ -3,7 +3,9 @@ that came before it (PRODUCT.md, "Series per key").
 
 - `SeriesModel` (``bundle.series``) scores raw windows ``(n, W, channels)``: each window is
   normalised with its key's statistics (`KeyNormaliser`), rebuilt through the bundle's engine,
-  and scored by the mean element error of its last ``score_steps`` rows; each key is judged against its own threshold
+  and scored from the element errors of its last ``score_steps`` rows (`window_scores`: their
+  mean over all channels, or with ``series.score = "channel_max"`` the largest channel error
+  divided by that channel's calibrated scale); each key is judged against its own threshold
   (`KeyThresholds`). `SeriesModel.score_rows` is the offline path (a whole table at once).
 - `SeriesState` is a worker's streaming state: per-key windows of raw records (`KeyedWindows`)
   and the normaliser's online learning for keys the model was not trained on.
@@ -71,13 +73,15 @@ def series_keys(values: Any, n_rows: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SeriesScores:
-    """Scores of ``n`` windows: ``scores`` (n,) mean element error of the last
-    ``score_steps`` rows in normalised space,
-    ``thresholds`` (n,) each window's key threshold, ``element_errors`` (n, W, channels)."""
+    """Scores of ``n`` windows: ``scores`` (n,) from the element errors of the last
+    ``score_steps`` rows in normalised space (`window_scores`), ``thresholds`` (n,) each
+    window's key threshold, ``element_errors`` (n, W, channels), and ``channel_errors``
+    (n, channels) what the score reduces over channels (`channel_errors`)."""
 
     scores: np.ndarray
     thresholds: np.ndarray
     element_errors: np.ndarray
+    channel_errors: np.ndarray
 
     @property
     def is_anomaly(self) -> np.ndarray:
@@ -140,10 +144,32 @@ def normalise_windows(
     return (values - means) / stds
 
 
-def window_scores(element_errors: np.ndarray, score_steps: int) -> np.ndarray:
-    """Scores from element errors (n, W, C): the mean over the last ``score_steps`` rows."""
+def channel_errors(
+    element_errors: np.ndarray, score_steps: int, channel_scales: np.ndarray | None = None
+) -> np.ndarray:
+    """Each channel's error of a window's scored rows (n, C): the mean element error over the
+    last ``score_steps`` rows, divided by the channel's scale when ``channel_scales`` is given
+    (C,) or, one row of scales per window, (n, C)."""
+    per_channel = element_errors[:, -score_steps:, :].mean(axis=1)
+    if channel_scales is None:
+        return per_channel
+    return per_channel / np.asarray(channel_scales, dtype=np.float64)
+
+
+def window_scores(
+    element_errors: np.ndarray, score_steps: int, channel_scales: np.ndarray | None = None
+) -> np.ndarray:
+    """Scores from element errors (n, W, C) of the last ``score_steps`` rows.
+
+    Without ``channel_scales`` (``series.score = "mean"``, every manifest before the option):
+    the mean over those rows and every channel. With them (``"channel_max"``): the largest
+    channel error, each channel's divided by its scale from the calibration windows, so an
+    anomaly in one channel of several is not diluted by the normal ones."""
     n = element_errors.shape[0]
-    return element_errors[:, -score_steps:, :].reshape(n, -1).mean(axis=1)
+    if channel_scales is None:
+        return element_errors[:, -score_steps:, :].reshape(n, -1).mean(axis=1)
+    scaled = channel_errors(element_errors, score_steps, channel_scales)
+    return scaled.max(axis=1) if n else np.zeros(0, dtype=np.float64)
 
 
 class SeriesModel:
@@ -164,8 +190,37 @@ class SeriesModel:
         self.score_steps = min(int(params.score_steps), self.window)
         self.channels = bundle.manifest.n_features
         self.channel_names = list(bundle.manifest.feature_names)
+        # None: the mean score (manifests without ``score``, or "mean"); else one scale a channel
+        # (and a key's own, where it has them).
+        self.channel_scales: np.ndarray | None = None
+        self.key_channel_scales: dict[str, np.ndarray] = {}
+        if params.score == "channel_max":
+            scales = np.asarray(params.channel_scales, dtype=np.float64)
+            if scales.shape != (self.channels,):
+                raise ValueError(
+                    f"series.channel_scales holds {scales.size} scales for {self.channels} channels"
+                )
+            self.channel_scales = scales
+            self.key_channel_scales = {
+                str(k): np.asarray(v, dtype=np.float64)
+                for k, v in (params.key_channel_scales or {}).items()
+            }
         self.normaliser = KeyNormaliser.from_json(params.normaliser)
         self.thresholds = KeyThresholds.from_json(params.thresholds)
+
+    def channel_scales_for(self, keys: Sequence[str] | np.ndarray) -> np.ndarray | None:
+        """The channel scales of each window's key (n, C): its own, or the pooled ones; None
+        for a mean score."""
+        if self.channel_scales is None:
+            return None
+        key_column = np.asarray(keys, dtype=object).reshape(-1)
+        if not self.key_channel_scales:
+            return np.broadcast_to(self.channel_scales, (key_column.shape[0], self.channels))
+        names, codes = np.unique(key_column, return_inverse=True)
+        table = np.stack(
+            [self.key_channel_scales.get(str(k), self.channel_scales) for k in names]
+        ).reshape(len(names), self.channels)
+        return table[codes.reshape(-1)]
 
     @property
     def warmup_records(self) -> int:
@@ -201,12 +256,19 @@ class SeriesModel:
             raise ValueError(f"{key_column.shape[0]} keys for {n} windows")
         if n == 0:
             empty = np.zeros(0, dtype=np.float64)
-            return SeriesScores(empty, empty.copy(), np.zeros((0, *shape), dtype=np.float64))
+            return SeriesScores(
+                empty,
+                empty.copy(),
+                np.zeros((0, *shape), dtype=np.float64),
+                np.zeros((0, self.channels), dtype=np.float64),
+            )
         normalised = normalise_windows(values, key_column, normaliser)
         rec = self.reconstruct(normalised)
         errors = feature_errors(normalised, rec, self.bundle.manifest.error)
-        scores = window_scores(errors, self.score_steps)
-        return SeriesScores(scores, self.thresholds.thresholds_for(key_column), errors)
+        scales = self.channel_scales_for(key_column)
+        scores = window_scores(errors, self.score_steps, scales)
+        per_channel = channel_errors(errors, self.score_steps, scales)
+        return SeriesScores(scores, self.thresholds.thresholds_for(key_column), errors, per_channel)
 
     def row_windows(self, x: np.ndarray, keys: Any = None, order: Any = None) -> RowWindows:
         """The window of every row that a worker would score: rows ``x`` (rows, C), ``keys`` one

@@ -26,6 +26,8 @@ the test normals: the same oracle for every method).
     python benchmarks/quality_series.py --families machines --seeds 1 --architectures dense,lstm
     python benchmarks/quality_series.py --only-windowed --architectures conv1d,sparse-conv1d
     python benchmarks/quality_series.py --baselines rolling-z,pyod-lstmad --lstmad-epochs 10
+    python benchmarks/quality_series.py --series-scores channel-max --score-variants \
+        --baselines rolling-z,pyod-lstmad --lstmad-epochs 20   # the score rules on one network
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
 from anomaly_contract.key_normaliser import KeyNormaliser  # noqa: E402
 from anomaly_contract.key_thresholds import fit_key_thresholds  # noqa: E402
 from anomaly_contract.model_dir import load_bundle  # noqa: E402
+from anomaly_contract.series import channel_errors  # noqa: E402
 from anomaly_contract.windows import index_windows  # noqa: E402
 from benchmarks import baselines  # noqa: E402
 from trainer.data_series import SeriesData, load_series  # noqa: E402
@@ -57,8 +60,13 @@ from trainer.evaluate_series import labelled_ranges  # noqa: E402
 from trainer.fit import FitOptions, fit_model  # noqa: E402
 from trainer.fit_series import (  # noqa: E402
     DEFAULT_SCORE_STEPS,
+    DEFAULT_SERIES_SCORE,
     DEFAULT_WINDOW_ARCHITECTURE,
+    SERIES_SCORES,
+    SeriesScore,
     even_subsample,
+    fit_channel_scales,
+    fit_key_channel_scales,
     fit_series_model,
     split_series,
 )
@@ -108,8 +116,13 @@ def _rows(data: SeriesData, mask: np.ndarray) -> SeriesData:
 SPARSITY = 1e-3  # "sparse-conv1d" etc.: the architecture with --sparsity (the sparse autoencoder)
 
 
-def windowed(run: Run, name: str) -> Scores:
-    """``name`` is an architecture, or ``sparse-`` and one (with ``--sparsity SPARSITY``)."""
+def windowed(
+    run: Run, name: str, series_score: SeriesScore, score_variants: bool = False
+) -> Scores:
+    """``name`` is an architecture, or ``sparse-`` and one (with ``--sparsity SPARSITY``);
+    ``series_score`` how `fit --window --series-score` turns element errors into the score.
+    With ``score_variants``, the same network's test rows are also scored under the other
+    rules of `SCORE_RULES`, each with per-key thresholds refitted on its calibration scores."""
     options = FitOptions(
         architecture=name.removeprefix("sparse-"),  # type: ignore[arg-type]
         epochs=run.epochs,
@@ -124,22 +137,143 @@ def windowed(run: Run, name: str) -> Scores:
         quiet=True,
         max_train_windows=run.max_train_windows,
         score_steps=run.score_steps,
+        series_score=series_score,
     )
     seconds = time.perf_counter() - started
+    parts = split_series(run.fit_data, run.window, options)
+    calibration_keys = parts.index.key_names[parts.index.window_keys[parts.calibration]]
     with tempfile.TemporaryDirectory() as model_dir:
         bundle = load_bundle(model_dir, publish_model(trained, model_dir))
         result = bundle.series.score_rows(run.data.x, run.data.keys, run.data.times)
+        validation_keys = parts.index.key_names[parts.index.window_keys[parts.validation]]
+        calibration = validation = None
+        if score_variants:
+            windows = run.fit_data.x[parts.index.rows[parts.calibration]]
+            calibration = bundle.series.score_windows(windows, list(calibration_keys))
+            windows = run.fit_data.x[parts.index.rows[parts.validation]]
+            validation = bundle.series.score_windows(windows, list(validation_keys))
     thresholds = bundle.series.thresholds
-    # Per-key thresholds from fewer calibration windows than the default minimum (which keys
-    # with 1,400 fit ticks do not reach): the calibration errors come in `split_series` order.
-    parts = split_series(run.fit_data, run.window, options)
-    calibration_keys = parts.index.key_names[parts.index.window_keys[parts.calibration]]
-    own = fit_key_thresholds(trained.calibration_errors, calibration_keys, 99.0, min_windows=50)
-    variants = {
-        "one pooled threshold": result.scores / thresholds.pooled,
-        "per-key thresholds from >= 50 windows": result.scores / own.thresholds_for(result.keys),
-    }
+    variants = {}
+    if not score_variants:
+        # Per-key thresholds from fewer calibration windows than the default minimum (which
+        # keys with 1,400 fit ticks do not reach): calibration errors in `split_series` order.
+        own = fit_key_thresholds(trained.calibration_errors, calibration_keys, 99.0, min_windows=50)
+        variants = {
+            "one pooled threshold": result.scores / thresholds.pooled,
+            "per-key thresholds from >= 50 windows": result.scores
+            / own.thresholds_for(result.keys),
+        }
+    else:
+        assert calibration is not None and validation is not None
+        steps = bundle.series.score_steps
+        test_keys = result.keys[result.scored_rows]
+        sets = ChannelSets(
+            channel_errors(calibration.element_errors, steps),
+            calibration_keys,
+            channel_errors(validation.element_errors, steps),
+            validation_keys,
+            channel_errors(result.element_errors, steps),
+            test_keys,
+        )
+        for rule, reduce in SCORE_RULES.items():
+            cal_scores, test_scores = reduce(sets)
+            own_thresholds = fit_key_thresholds(cal_scores, calibration_keys, 99.0)
+            relative = np.full(result.scores.shape[0], np.nan)
+            relative[result.scored_rows] = own_thresholds.relative_scores(test_scores, test_keys)
+            variants[f"score {rule}"] = relative
     return Scores(result.scores / result.thresholds, seconds, variants)
+
+
+@dataclass(frozen=True)
+class ChannelSets:
+    """Channel errors (n, C) of the scored rows of one network's calibration, validation and
+    test windows, and each window's key."""
+
+    cal: np.ndarray
+    cal_keys: np.ndarray
+    val: np.ndarray
+    val_keys: np.ndarray
+    test: np.ndarray
+    test_keys: np.ndarray
+
+
+Reduce = Callable[[ChannelSets], tuple[np.ndarray, np.ndarray]]  # -> calibration, test scores
+
+
+def _scaled(
+    quantile: float,
+    combine: Callable[[np.ndarray], np.ndarray],
+    per_key: bool = False,
+    from_validation: bool = False,
+) -> Reduce:
+    """Channel errors over their ``quantile`` on the calibration windows (pooled, or each key's
+    own), or with ``from_validation`` the trainer's ``channel_max_per_key`` rule at that
+    quantile (`fit_key_channel_scales` on the validation windows); then ``combine`` over
+    channels (n, C) -> (n,)."""
+
+    def reduce(c: ChannelSets) -> tuple[np.ndarray, np.ndarray]:
+        if from_validation:
+            pooled, own = fit_key_channel_scales(c.val, c.val_keys, quantile)
+        else:
+            pooled = fit_channel_scales(c.cal, quantile)
+            own = {}
+            if per_key:
+                own = {
+                    str(k): fit_channel_scales(c.cal[c.cal_keys == k], quantile)
+                    for k in np.unique(c.cal_keys)
+                }
+        if not own:
+            return combine(c.cal / pooled), combine(c.test / pooled)
+        cal_scales = np.stack([own.get(str(k), pooled) for k in c.cal_keys])
+        test_scales = np.stack([own.get(str(k), pooled) for k in c.test_keys])
+        return combine(c.cal / cal_scales), combine(c.test / test_scales)
+
+    return reduce
+
+
+def _robust_z(c: ChannelSets) -> tuple[np.ndarray, np.ndarray]:
+    """Largest (error - median) / MAD over channels, both from the calibration errors."""
+    median = np.median(c.cal, axis=0)
+    mad = np.maximum(np.median(np.abs(c.cal - median), axis=0), 1e-12)
+    return ((c.cal - median) / mad).max(axis=1), ((c.test - median) / mad).max(axis=1)
+
+
+def _top2(z: np.ndarray) -> np.ndarray:
+    return np.sort(z, axis=1)[:, -2:].mean(axis=1)
+
+
+def _soft_max(z: np.ndarray, temperature: float = 0.25) -> np.ndarray:
+    peak = z.max(axis=1, keepdims=True)
+    return (
+        peak + temperature * np.log(np.exp((z - peak) / temperature).sum(axis=1, keepdims=True))
+    )[:, 0]
+
+
+def _max(z: np.ndarray) -> np.ndarray:
+    return z.max(axis=1)
+
+
+# The rules --score-variants compares on one trained network (`ChannelSets` -> scores).
+SCORE_RULES: dict[str, Reduce] = {
+    "mean (as before)": lambda c: (c.cal.mean(axis=1), c.test.mean(axis=1)),
+    "channel max, unscaled": lambda c: (c.cal.max(axis=1), c.test.max(axis=1)),
+    "channel max / p99": _scaled(0.99, _max),
+    "channel max / p95": _scaled(0.95, _max),
+    "channel max / p90": _scaled(0.90, _max),
+    "channel max / median": _scaled(0.5, _max),
+    "channel max of (e - median) / MAD": _robust_z,
+    "top-2 mean / p99": _scaled(0.99, _top2),
+    "soft max (T = 0.25) / p99": _scaled(0.99, _soft_max),
+    "channel max / per-key p99 of calibration": _scaled(0.99, _max, per_key=True),
+    "channel max / per-key p90 of calibration": _scaled(0.90, _max, per_key=True),
+    "channel max / per-key p90 of validation": _scaled(0.90, _max, from_validation=True),
+    "channel max / per-key p95 of validation": _scaled(0.95, _max, from_validation=True),
+    "channel max / per-key p75 of validation": _scaled(0.75, _max, from_validation=True),
+    "channel max / per-key median of validation": _scaled(0.5, _max, from_validation=True),
+    "soft max (T = 0.25) / per-key p90 of validation": _scaled(
+        0.90, _soft_max, from_validation=True
+    ),
+}
 
 
 def point_model(run: Run) -> Scores:
@@ -256,7 +390,14 @@ BASELINES: dict[str, tuple[str, bool]] = {
 def methods(args: argparse.Namespace) -> dict[str, Callable[[Run], Scores]]:
     table: dict[str, Callable[[Run], Scores]] = {}
     for arch in args.architectures:
-        table[f"windowed {arch}"] = lambda run, arch=arch: windowed(run, arch)
+        for score in args.series_scores:
+            label = f"windowed {arch}" + ("" if len(args.series_scores) == 1 else f", {score}")
+            table[label] = partial(
+                windowed,
+                name=arch,
+                series_score=score,
+                score_variants=args.score_variants,
+            )
     if args.only_windowed:
         return table
     detectors: dict[str, baselines.Detector] = {
@@ -318,6 +459,17 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: [a.strip() for a in s.split(",") if a.strip()],
         default=[DEFAULT_WINDOW_ARCHITECTURE],
     )
+    ap.add_argument(
+        "--series-scores",
+        type=lambda s: [a.strip().replace("-", "_") for a in s.split(",") if a.strip()],
+        default=[DEFAULT_SERIES_SCORE],
+        help=f"comma-separated `fit --series-score` rules, a row each: {', '.join(SERIES_SCORES)}",
+    )
+    ap.add_argument(
+        "--score-variants",
+        action="store_true",
+        help="also score each windowed network under the other rules of SCORE_RULES",
+    )
     args = ap.parse_args(argv)
     try:
         args.baselines = baselines.choose(
@@ -325,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         ap.error(f"--baselines: {exc}")
+    unknown = [s for s in args.series_scores if s not in SERIES_SCORES]
+    if unknown:
+        ap.error(f"--series-scores: unknown {', '.join(unknown)}")
     if args.speed:
         for arch in args.architectures:
             rate = scoring_speed(arch, args.window)
@@ -335,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Series quality ({day}; W={args.window}, {args.keys} keys x {args.length} ticks, "
         f"{args.seeds} seeds, mean ± sd; epochs <= {args.epochs}, score steps {args.score_steps}, "
+        f"series scores {','.join(args.series_scores)}, "
         f"<= {args.max_train_windows} training windows; PyOD LSTMAD epochs "
         f"{args.lstmad_epochs or 'its default (50)'}; torch threads {baselines.TORCH_THREADS})\n"
     )

@@ -320,6 +320,15 @@ def _series_options(p: argparse.ArgumentParser, *, fit: bool = False) -> None:
             help="a window's score is the mean error of its last S rows (default 1: the row it "
             "scores; W averages the whole window)",
         )
+        g.add_argument(
+            "--series-score",
+            choices=("mean", "channel-max", "channel-max-per-key"),
+            default=None,
+            help="how those rows' errors become the score: mean over every channel, or "
+            "channel-max: the largest channel error, each channel's over its calibrated scale "
+            "(pooled over keys; channel-max-per-key: each key's own), so an anomaly in one "
+            "channel is not averaged away (default: mean)",
+        )
     g.add_argument("--key-column", help="column naming each row's series (default: one series)")
     g.add_argument(
         "--time-column",

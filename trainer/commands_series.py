@@ -37,6 +37,13 @@ def _model_series(args: argparse.Namespace, bundle: artifact.ModelBundle) -> Ser
     )
 
 
+def series_score_option(value: str | None) -> Any:
+    """``--series-score`` (None: the default) as `fit_series_model` takes it."""
+    from trainer.fit_series import DEFAULT_SERIES_SCORE
+
+    return DEFAULT_SERIES_SCORE if value is None else value.replace("-", "_")
+
+
 def fit_series(
     args: argparse.Namespace, options: Any, kafka: KafkaConnection, read: Any = None
 ) -> int:
@@ -68,6 +75,7 @@ def fit_series(
         quiet=args.quiet,
         score_steps=args.score_steps,
         feedback=feedback,
+        series_score=series_score_option(args.series_score),
     )
     version = publish_model(trained, args.model_dir, keep=args.keep)
     if args.publish_topic:

@@ -8,9 +8,10 @@ in the live path and in a restore alike (`replay_rows` decodes and keys re-read 
 ``"key"`` and ``"window": {"first_offset", "last_offset"}`` to the point model's (``event_id``
 and, in an incident, ``incident_id`` included), and their
 ``top_features`` name the channels that contribute most to the score (their mean element error
-over the window's scored last rows: the channels' errors average to the score, as a point
-model's features' do), each with how many steps back its largest element error in the whole
-window sits (0: the record itself).
+over the window's scored last rows, over the channel's calibrated scale for a ``channel_max``
+model: the channels' errors average to a mean score, as a point model's features' do, and the
+first one is a ``channel_max`` score), each with how many steps back its largest element error
+in the whole window sits (0: the record itself).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class WindowScores(Protocol):
     def thresholds(self) -> np.ndarray: ...
     @property
     def element_errors(self) -> np.ndarray: ...
+    @property
+    def channel_errors(self) -> np.ndarray:
+        """(n, C): each channel's error of the scored rows, as the score reduces them."""
 
 
 class WindowScorer(Protocol):
@@ -111,17 +115,26 @@ def push_batch(
 
 
 def window_top_features(
-    element_errors: np.ndarray, names: Sequence[str], k: int, score_steps: int
+    element_errors: np.ndarray,
+    names: Sequence[str],
+    k: int,
+    score_steps: int,
+    contributions: np.ndarray | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """Per window ``(W, C)``: the ``k`` channels with the largest mean error over the last
-    ``score_steps`` rows (what the score averages), largest first, each with that error and how
-    many steps back the channel's largest element error in the window sits (0: the newest
-    record)."""
+    """Per window ``(W, C)``: the ``k`` channels with the largest ``contributions`` (n, C), by
+    default the mean error over the last ``score_steps`` rows (a ``channel_max`` model's are
+    those over the channel scales: what the score takes the largest of), largest first, each
+    with that error and how many steps back the channel's largest element error in the window
+    sits (0: the newest record)."""
     n, width, channels = element_errors.shape
     k = min(k, channels)
     if n == 0 or k <= 0:
         return [[] for _ in range(n)]
-    contribution = element_errors[:, -score_steps:, :].mean(axis=1)  # (n, C)
+    contribution = (
+        element_errors[:, -score_steps:, :].mean(axis=1)
+        if contributions is None
+        else np.asarray(contributions, dtype=np.float64)
+    )  # (n, C)
     peak_step = element_errors.argmax(axis=1)  # (n, C)
     order = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
     out: list[list[dict[str, Any]]] = []
@@ -212,7 +225,8 @@ def score_pushed(
     tops: dict[int, list[dict[str, Any]]] = {}
     if anomalous.size:
         element_errors = np.asarray(scored.element_errors)[anomalous]
-        ranked = window_top_features(element_errors, names, k, model.score_steps)
+        contributions = np.asarray(scored.channel_errors)[anomalous]
+        ranked = window_top_features(element_errors, names, k, model.score_steps, contributions)
         tops = dict(zip(anomalous.tolist(), ranked, strict=True))
     return ScoredWindows(scores, thresholds, finite, anomalous, tops)
 

@@ -33,8 +33,12 @@ def series_bundle(
     train_keys: np.ndarray,
     warmup: int = 16,
     score_steps: int = 1,
+    channel_scales: list[float] | None = None,
+    key_channel_scales: dict[str, list[float]] | None = None,
 ) -> ModelBundle:
-    """A windowed dense model whose normaliser knows ``train_keys``; thresholds from noise."""
+    """A windowed dense model whose normaliser knows ``train_keys``; thresholds from noise.
+    ``channel_scales`` makes it a ``channel_max`` model (the mean score without them), with
+    ``key_channel_scales`` for some keys."""
     rng = np.random.default_rng(7)
     size, hidden = window * channels, 5
     engine = DenseEngine(
@@ -59,6 +63,15 @@ def series_bundle(
                 key_column="key",
                 normaliser=normaliser.to_json(),
                 thresholds=thresholds.to_json(),
+                **(
+                    {}
+                    if channel_scales is None
+                    else {
+                        "score": "channel_max",
+                        "channel_scales": channel_scales,
+                        "key_channel_scales": key_channel_scales,
+                    }
+                ),
             ),
         }
     )

@@ -112,6 +112,69 @@ def test_builtin_machines_fits_with_its_own_key_and_time_columns(tmp_path) -> No
     assert load_bundle(model_dir).manifest.feature_names == ["temp", "load", "vibration"]
 
 
+def test_fit_series_score_channel_max_publishes_scales_and_scores_with_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from anomaly_contract.key_thresholds import KeyThresholds
+
+    data = _machines_csv(tmp_path / "d.csv", keys=3, length=300)
+    model_dir = tmp_path / "m"
+    args = ["fit", str(data), "--model-dir", str(model_dir), "--window", str(WINDOW)]
+    keyed = ["--key-column", "key", "--time-column", "t", "--architecture", "dense"]
+    assert main([*args, *keyed, "--series-score", "channel-max", *FAST]) == 0
+    bundle = load_bundle(model_dir)  # saved and loaded: the score and scales came through
+    series = bundle.manifest.series
+    assert series is not None and series.score == "channel_max"
+    assert series.channel_scales is not None and len(series.channel_scales) == 3
+    assert all(s > 0 for s in series.channel_scales)
+    assert any("largest channel error" in note for note in bundle.manifest.notes)
+    np.testing.assert_array_equal(bundle.series.channel_scales, series.channel_scales)
+    # The thresholds were fitted on the new score: the pooled one is the p99 of calibration
+    # scores, so about 1 % of the calibration windows lie above it (not 0 % nor most).
+    frame = pd.read_csv(data)
+    result = bundle.series.score_rows(
+        frame[["temp", "load", "vibration"]].to_numpy(), frame["key"], frame["t"]
+    )
+    per_channel = result.element_errors[:, -1, :] / np.array(series.channel_scales)
+    np.testing.assert_allclose(
+        result.scores[result.scored_rows], per_channel.max(axis=1), rtol=1e-12
+    )
+    pooled = KeyThresholds.from_json(series.thresholds).pooled
+    assert np.nanmedian(result.scores) < pooled < np.nanmax(result.scores)
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", str(data), "--model-dir", str(model_dir), "--output", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    got = np.array([np.nan if r["score"] is None else r["score"] for r in lines])
+    np.testing.assert_allclose(got, result.scores, rtol=1e-12)
+
+
+def test_fit_series_score_channel_max_per_key_publishes_each_keys_scales(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = _machines_csv(tmp_path / "d.csv", keys=3, length=300)
+    model_dir = tmp_path / "m"
+    args = ["fit", str(data), "--model-dir", str(model_dir), "--window", str(WINDOW)]
+    keyed = ["--key-column", "key", "--time-column", "t", "--architecture", "dense"]
+    assert main([*args, *keyed, "--series-score", "channel-max-per-key", *FAST]) == 0
+    bundle = load_bundle(model_dir)
+    series = bundle.manifest.series
+    assert series is not None and series.score == "channel_max"
+    # 300 rows a key give ~38 validation windows of W = 8: each key has its own scales
+    assert series.key_channel_scales is not None
+    assert sorted(series.key_channel_scales) == ["m000", "m001", "m002"]
+    assert series.channel_scales is not None and len(series.channel_scales) == 3
+    frame = pd.read_csv(data)
+    result = bundle.series.score_rows(
+        frame[["temp", "load", "vibration"]].to_numpy(), frame["key"], frame["t"]
+    )
+    rows = result.scored_rows
+    scales = np.array([series.key_channel_scales[str(frame["key"][r])] for r in rows])
+    expected = (result.element_errors[:, -1, :] / scales).max(axis=1)
+    np.testing.assert_allclose(result.scores[rows], expected, rtol=1e-12)
+
+
+def test_fit_without_series_score_keeps_the_mean_score(series_model) -> None:  # type: ignore[no-untyped-def]
+    _, model_dir = series_model
+    series = load_bundle(model_dir).manifest.series
+    assert series is not None and (series.score, series.channel_scales) == ("mean", None)
+
+
 def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -129,6 +192,7 @@ def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -
         (["--window", "150", "--key-column", "key"], ("too few", "rows")),
         (["--key-column", "key"], ("--key-column", "windowed")),
         (["--architecture", "lstm"], ("--window",)),
+        (["--series-score", "channel-max"], ("--series-score", "windowed")),
     ],
 )
 def test_bad_series_input_is_one_line_and_publishes_nothing(capsys, tmp_path, extra, words) -> None:  # type: ignore[no-untyped-def]
