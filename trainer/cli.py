@@ -434,6 +434,15 @@ def _fit_training_options(p: argparse.ArgumentParser) -> None:
     for flag, kind, default, text in knobs:
         g.add_argument(flag, type=kind, default=default, help=text)
     g.add_argument(
+        "--short-fit",
+        choices=("off", "auto", "on"),
+        default="off",
+        help="stop training after 20 epochs: a briefly fitted network reconstructs rows outside "
+        "the normal range worse, so they score higher (ODDS breast-cancer ROC-AUC 0.937 -> 0.951, "
+        "builtin:sensors 0.997 -> 0.993); auto: tables below 2,000 normal rows only "
+        "(default off)",
+    )
+    g.add_argument(
         "--calibration",
         choices=("auto", "holdout", "cross_fit"),
         default="auto",

@@ -121,6 +121,8 @@ def _fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     if args.window is not None:
         from trainer.commands_series import fit_series
 
+        if args.short_fit != "off":
+            raise ConfigError("--short-fit applies to point models: leave it out with --window")
         return fit_series(args, _fit_options(args, None), kafka, read)
     _refuse_series_flags(args, "fit needs --window W for")
     ds = _load(args.data, args, kafka, image_shape=args.image_shape, min_rows=None)
@@ -252,6 +254,7 @@ def _fit_options(args: argparse.Namespace, image_shape: Any) -> Any:
         outlier_fence=args.outlier_fence,
         error=args.error,
         seed=args.seed,
+        short_fit=args.short_fit,
     )
 
 

@@ -98,6 +98,7 @@ def build_manifest(
         "scaler": choices.scaler_kind,
         "activation": spec.activation,
         "batch_size": choices.batch_size,
+        "epochs": choices.epochs,  # the budget trained with: less than asked with a short fit
         "calibration": method,
         "error": choices.error,
         "denoise": spec.denoise,
