@@ -146,9 +146,19 @@ def decode_batch(values: Sequence[bytes | None], spec: FeatureSpec) -> DecodedBa
     bad, range_errors = out_of_range_rows(x, spec)
     if range_errors:
         keep = [not b for b in bad.tolist()]
-        errors.extend((index[j], err) for j, err in range_errors)
+        # The fast path made integers floats: a row refused here is read again by the general
+        # path, which names an integer as it was written (the trainer's reader does too).
+        errors.extend(
+            (index[j], _exact_reason(values[index[j]], spec, err)) for j, err in range_errors
+        )
         x = x[~bad]
         index = [p for p, k in zip(index, keep, strict=True) if k]
         ids = [r for r, k in zip(ids, keep, strict=True) if k]
         errors.sort(key=lambda e: e[0])
     return DecodedBatch(x, index, ids, errors)
+
+
+def _exact_reason(value: bytes | None, spec: FeatureSpec, found: DecodeError) -> DecodeError:
+    """The reason the general path gives a record `out_of_range_rows` refused, else ``found``."""
+    out = decode_record(value, spec)
+    return out if isinstance(out, DecodeError) else found
