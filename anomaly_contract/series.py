@@ -29,7 +29,13 @@ import numpy as np
 from anomaly_contract.artifact import feature_errors
 from anomaly_contract.key_normaliser import KeyNormaliser
 from anomaly_contract.key_thresholds import KeyThresholds
-from anomaly_contract.windows import KeyedWindows, Window, WindowIndex, index_windows
+from anomaly_contract.windows import (
+    KeyedWindows,
+    Window,
+    WindowBatch,
+    WindowIndex,
+    index_windows,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomaly_contract.artifact import ModelBundle
@@ -366,9 +372,14 @@ class SeriesState:
     def push(self, key: str, vector: np.ndarray, offset: int) -> Window | None:
         """Add one raw record of ``key``; its full window, or None while the key warms up
         (window not full yet, or an unseen key's normaliser still learning)."""
-        window = self._windows.push(key, vector, offset)
-        ready = self.model.normaliser.observe(key, vector)
-        return window if ready else None
+        row = np.asarray(vector, dtype=np.float64).reshape(1, -1)
+        batch = self.push_many([key], row, np.array([offset], dtype=np.int64))
+        return batch.window(0) if batch.rows.size else None
+
+    def push_many(self, keys: Sequence[str], x: np.ndarray, offsets: np.ndarray) -> WindowBatch:
+        """Add raw records in order (as `push` one by one): the full windows they close, each
+        of a key whose normaliser is ready (unseen keys learn from every record until then)."""
+        return self._windows.push_many(keys, x, offsets, learner=self.model.normaliser)
 
     def discard(self, key: str) -> bool:
         """Forget ``key`` (its partition was revoked); True when it was held. Not an eviction."""

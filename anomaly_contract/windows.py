@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -190,6 +190,29 @@ class Window(NamedTuple):
     last_offset: int
 
 
+class WindowBatch(NamedTuple):
+    """The full windows a batch of records closed, in batch order: ``rows`` (m,) the input rows
+    that closed one, ``values`` (m, W, channels) their windows oldest first, ``first_offsets``
+    and ``last_offsets`` (m,) the offsets of each window's oldest and newest record."""
+
+    rows: np.ndarray
+    values: np.ndarray
+    first_offsets: np.ndarray
+    last_offsets: np.ndarray
+
+    def window(self, i: int) -> Window:
+        """The ``i``-th window on its own."""
+        return Window(self.values[i], int(self.first_offsets[i]), int(self.last_offsets[i]))
+
+
+class KeyLearner(Protocol):
+    """What learns from a key's first records before the key may be scored
+    (`anomaly_contract.key_normaliser.KeyNormaliser`)."""
+
+    def is_ready(self, key: str) -> bool: ...
+    def observe(self, key: str, vector: np.ndarray) -> bool: ...
+
+
 class KeyedWindows:
     """Per-key ring buffers of the last W records, at most ``max_keys`` keys.
 
@@ -200,6 +223,9 @@ class KeyedWindows:
     so with more live keys than ``max_keys`` the worker no longer matches offline scoring.
     ``on_evict`` is called with each evicted key, for the caller to drop what else it holds
     for that key (online normalisation, incidents).
+
+    A batch is pushed at once (`push_many`): only the key look-up and the eviction order are
+    Python per record; the windows are gathered and the rings rewritten by array indexing.
     """
 
     def __init__(
@@ -218,15 +244,12 @@ class KeyedWindows:
         self._on_evict = on_evict
         self._slots: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = []
-        steps = np.arange(self.window)
-        # _order[h] lists a ring's slots oldest first when its next write goes to slot h.
-        self._order = (steps[None, :] + steps[:, None]) % self.window
         self._values = np.zeros((0, self.window, self.channels), dtype=np.float64)
         self._offsets = np.zeros((0, self.window), dtype=np.int64)
-        # Per-slot counters as Python lists: scalar access is ~5x faster than on NumPy arrays.
-        self._head: list[int] = []
-        self._filled: list[int] = []
-        self._seen: list[int] = []
+        # Per slot: where the ring's next write goes, its real records (<= W), records pushed.
+        self._head = np.zeros(0, dtype=np.int64)
+        self._filled = np.zeros(0, dtype=np.int64)
+        self._seen = np.zeros(0, dtype=np.int64)
         self._allocate(min(self.max_keys, 1024))
 
     def _allocate(self, capacity: int) -> None:
@@ -236,8 +259,10 @@ class KeyedWindows:
         offsets = np.zeros((capacity, self.window), dtype=np.int64)
         values[:used], offsets[:used] = self._values, self._offsets
         self._values, self._offsets = values, offsets
-        for counter in (self._head, self._filled, self._seen):
-            counter.extend([0] * (capacity - used))
+        for name in ("_head", "_filled", "_seen"):
+            grown = np.zeros(capacity, dtype=np.int64)
+            grown[:used] = getattr(self, name)
+            setattr(self, name, grown)
         self._free.extend(range(capacity - 1, used - 1, -1))
 
     def __len__(self) -> int:
@@ -250,11 +275,8 @@ class KeyedWindows:
         """The keys held, least recently seen first (the eviction order)."""
         return list(self._slots)
 
-    def _slot_for(self, key: str) -> int:
-        slot = self._slots.get(key)
-        if slot is not None:
-            self._slots.move_to_end(key)
-            return slot
+    def _admit(self, key: str) -> int:
+        """A slot for a key not held: a free one, or the least recently seen key's (evicted)."""
         if len(self._slots) >= self.max_keys:
             gone, slot = self._slots.popitem(last=False)
             self.evicted += 1
@@ -264,7 +286,6 @@ class KeyedWindows:
             if not self._free:
                 self._allocate(min(self.max_keys, 2 * self._values.shape[0]))
             slot = self._free.pop()
-        self._head[slot] = self._filled[slot] = self._seen[slot] = 0
         self._slots[key] = slot
         return slot
 
@@ -273,22 +294,120 @@ class KeyedWindows:
         row = np.asarray(vector, dtype=np.float64)
         if row.shape != (self.channels,):
             raise ValueError(f"vector must have shape ({self.channels},), got {row.shape}")
-        slot = self._slot_for(key)
-        head = self._head[slot]
-        self._values[slot, head] = row
-        self._offsets[slot, head] = offset
-        head = (head + 1) % self.window
-        self._head[slot] = head
-        self._seen[slot] += 1
-        filled = self._filled[slot]
-        if filled < self.window:
-            filled += 1
-            self._filled[slot] = filled
-            if filled < self.window:
-                return None
-        # take() copies the ring oldest first; ~2x faster than fancy indexing on one slot.
-        values = self._values[slot].take(self._order[head], axis=0)
-        return Window(values, int(self._offsets[slot, head]), int(offset))
+        batch = self.push_many([key], row[None, :], np.array([offset], dtype=np.int64))
+        return batch.window(0) if batch.rows.size else None
+
+    def push_many(
+        self,
+        keys: Sequence[str],
+        x: np.ndarray,
+        offsets: np.ndarray,
+        learner: KeyLearner | None = None,
+    ) -> WindowBatch:
+        """Add records in order: ``keys`` one per row of ``x`` (n, channels), ``offsets`` (n,).
+
+        The same as pushing them one by one: each window holds the W latest records of its key
+        up to its row (rows of one key within the batch see each other), and a key evicted
+        within the batch loses its earlier rows. With a ``learner``, a row closes a window only
+        once its key is ready: ``learner.observe`` sees every row of a key not yet ready, in
+        order, after the row's key got its slot (so an eviction's ``on_evict`` comes first)."""
+        x = np.asarray(x, dtype=np.float64)
+        n = len(keys)
+        if x.shape != (n, self.channels):
+            raise ValueError(f"x must have shape ({n}, {self.channels}), got {x.shape}")
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(n)
+        # Python per record: the slot and its incarnation (a slot taken by a new key within
+        # the batch starts a new one, without history), and the learner's verdict.
+        inc_of = np.empty(n, dtype=np.int64)
+        inc_slot: list[int] = []
+        inc_history: list[bool] = []
+        current: dict[int, int] = {}  # slot -> its incarnation in this batch
+        ready = np.ones(n, dtype=bool)
+        slots = self._slots
+        for i, key in enumerate(keys):
+            slot = slots.get(key)
+            if slot is None:
+                slot = self._admit(key)
+                inc = current[slot] = len(inc_slot)
+                inc_slot.append(slot)
+                inc_history.append(False)
+            else:
+                slots.move_to_end(key)
+                inc = current.get(slot, -1)
+                if inc < 0:
+                    inc = current[slot] = len(inc_slot)
+                    inc_slot.append(slot)
+                    inc_history.append(True)
+            inc_of[i] = inc
+            if learner is not None and not learner.is_ready(key):
+                ready[i] = learner.observe(key, x[i])
+        return self._write_batch(x, offsets, inc_of, np.array(inc_slot, dtype=np.int64),
+                                 np.array(inc_history, dtype=bool), ready)  # fmt: skip
+
+    def _write_batch(
+        self,
+        x: np.ndarray,
+        offsets: np.ndarray,
+        inc_of: np.ndarray,
+        inc_slot: np.ndarray,
+        inc_history: np.ndarray,
+        ready: np.ndarray,
+    ) -> WindowBatch:
+        """Gather the batch's windows and rewrite the rings (see `push_many`), vectorised.
+
+        Each incarnation's records form a *virtual sequence*: its ring's W entries oldest first,
+        then its batch rows. The batch row of rank k closes the window at virtual positions
+        ``k+1 .. k+W``; after the batch the ring holds the last W of the sequence, right-aligned
+        with head 0 (the layout `from_state` restores)."""
+        w, n = self.window, x.shape[0]
+        n_inc = inc_slot.shape[0]
+        head = np.where(inc_history, self._head[inc_slot], 0)
+        filled = np.where(inc_history, self._filled[inc_slot], 0)
+        seen = np.where(inc_history, self._seen[inc_slot], 0)
+        counts = np.bincount(inc_of, minlength=n_inc)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        by_inc = np.argsort(inc_of, kind="stable")  # batch rows grouped by incarnation, in order
+        rank = np.empty(n, dtype=np.int64)
+        rank[by_inc] = np.arange(n) - starts[inc_of[by_inc]]
+        flat_values = self._values.reshape(-1, self.channels)
+        flat_offsets = self._offsets.reshape(-1)
+
+        def locate(inc: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Virtual ``position`` of incarnation ``inc`` -> (in the ring?, flat ring index or
+            batch row)."""
+            in_ring = position < w
+            ring = inc_slot[inc] * w + (head[inc] + position) % w
+            row = by_inc[starts[inc] + np.where(in_ring, 0, position - w)]
+            return in_ring, np.where(in_ring, ring, row)
+
+        def gather(in_ring: np.ndarray, where: np.ndarray) -> np.ndarray:
+            values = flat_values[np.where(in_ring, where, 0)]
+            values[~in_ring] = x[where[~in_ring]]
+            return values
+
+        def gather_offsets(in_ring: np.ndarray, where: np.ndarray) -> np.ndarray:
+            ring = flat_offsets[np.where(in_ring, where, 0)]
+            return np.where(in_ring, ring, offsets[np.where(in_ring, 0, where)])
+
+        closing = np.flatnonzero(ready & (filled[inc_of] + rank + 1 >= w))
+        inc = inc_of[closing][:, None]
+        in_ring, where = locate(inc, rank[closing][:, None] + 1 + np.arange(w)[None, :])
+        windows = gather(in_ring, where)
+        first_offsets = gather_offsets(in_ring[:, 0], where[:, 0])
+
+        # The last incarnation of each slot is what the slot holds after the batch.
+        last = np.zeros(self._values.shape[0], dtype=np.int64) - 1
+        last[inc_slot] = np.arange(n_inc)  # later incarnations overwrite earlier ones
+        final = last[last >= 0]
+        tail = counts[final][:, None] + np.arange(w)[None, :]
+        in_ring, where = locate(final[:, None], tail)
+        slot = inc_slot[final]
+        self._values[slot] = gather(in_ring, where)
+        self._offsets[slot] = gather_offsets(in_ring, where)
+        self._head[slot] = 0
+        self._filled[slot] = np.minimum(w, filled[final] + counts[final])
+        self._seen[slot] = seen[final] + counts[final]
+        return WindowBatch(closing, windows, first_offsets, offsets[closing])
 
     def discard(self, key: str) -> bool:
         """Forget ``key`` (its partition was revoked); True when it was held. Not an eviction."""
@@ -301,7 +420,7 @@ class KeyedWindows:
     def records_seen(self, key: str) -> int:
         """Records pushed for ``key`` since it was (re)admitted; 0 when not held."""
         slot = self._slots.get(key)
-        return 0 if slot is None else self._seen[slot]
+        return 0 if slot is None else int(self._seen[slot])
 
     def export_state(self) -> dict[str, np.ndarray]:
         """Every key's window as plain arrays, least recently seen key first.
@@ -311,15 +430,14 @@ class KeyedWindows:
         ``[format version, window, channels, evicted]``.
         """
         slots = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
-        heads = np.array(self._head, dtype=np.int64)[slots]
-        order = self._order[heads]  # (K, W): each ring's slots, oldest first
+        order = (self._head[slots][:, None] + np.arange(self.window)) % self.window  # oldest first
         values = self._values[slots[:, None], order]
         offsets = self._offsets[slots[:, None], order]
         keys = np.array(list(self._slots), dtype=np.str_) if len(slots) else np.zeros(0, "U1")
         return {
             "keys": keys,
-            "filled": np.array(self._filled, dtype=np.int64)[slots],
-            "seen": np.array(self._seen, dtype=np.int64)[slots],
+            "filled": self._filled[slots],
+            "seen": self._seen[slots],
             "values": values,
             "offsets": offsets,
             "meta": np.array(
@@ -360,12 +478,13 @@ class KeyedWindows:
         if n > store._values.shape[0]:
             store._allocate(n)
         # Slots 0..n-1 in the exported (least recently seen first) order. Right-aligned rows
-        # with head 0: the next write replaces the oldest record (or padding) and `_order[head]`
-        # reads the ring oldest first, exactly as in the exporting store.
+        # with head 0: the next write replaces the oldest record (or padding) and the ring reads
+        # oldest first from its head, exactly as in the exporting store.
         store._values[:n] = state["values"][keep:]
         store._offsets[:n] = state["offsets"][keep:]
-        store._filled[:n] = [int(v) for v in state["filled"][keep:]]
-        store._seen[:n] = [int(v) for v in state["seen"][keep:]]
+        store._head[:n] = 0
+        store._filled[:n] = state["filled"][keep:]
+        store._seen[:n] = state["seen"][keep:]
         store._slots = OrderedDict(zip(keys[keep:], range(n), strict=True))
         store._free = list(range(store._values.shape[0] - 1, n - 1, -1))
         return store

@@ -17,13 +17,13 @@ in the whole window sits (0: the record itself).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from anomaly_contract.windows import Window
+from anomaly_contract.windows import WindowBatch
 from worker import decode as dec
 from worker.client import InRecord, OutRecord, Partition
 from worker.decode import DecodedBatch, DecodeError, FeatureSpec, decode_batch
@@ -62,25 +62,65 @@ def replay_rows(spec: FeatureSpec, key_field: str | None) -> RowsOf:
     """The rows a restore pushes from re-read records: exactly those the live path pushes
     (same decoding, same keys, bad records left out)."""
 
-    def rows_of(records: list[InRecord]) -> Iterator[tuple[str, np.ndarray, int]]:
+    def rows_of(records: list[InRecord]) -> tuple[list[str], np.ndarray, np.ndarray]:
         decoded = decode_batch([r.value for r in records], spec)
-        keys = series_keys(records, decoded.valid_index, key_field)
-        for j, key in enumerate(keys):
-            if not isinstance(key, DecodeError):
-                yield key, decoded.x[j], records[decoded.valid_index[j]].offset
+        keys, rows = usable_keys(records, decoded, key_field)[:2]
+        valid = decoded.valid_index
+        offsets = [records[valid[j]].offset for j in rows.tolist()]
+        return keys, decoded.x[rows], np.array(offsets, dtype=np.int64)
 
     return rows_of
 
 
+def usable_keys(
+    records: Sequence[InRecord], decoded: DecodedBatch, key_field: str | None
+) -> tuple[list[str], np.ndarray, list[tuple[int, DecodeError]]]:
+    """The series key of each decoded record with a usable one, its row of ``decoded.x``, and
+    the others' key errors (position in the batch, why)."""
+    positions = decoded.valid_index
+    keys: list[str] = []
+    rows: list[int] = []
+    errors: list[tuple[int, DecodeError]] = []
+    for j, key in enumerate(series_keys(records, positions, key_field)):
+        if isinstance(key, DecodeError):
+            errors.append((positions[j], key))
+        else:
+            keys.append(key)
+            rows.append(j)
+    if not errors:
+        return keys, np.arange(len(positions), dtype=np.int64), errors
+    return keys, np.array(rows, dtype=np.int64), errors
+
+
 @dataclass
 class PushedBatch:
-    """A batch pushed into the state: the full windows (in batch order) and what is left over."""
+    """A batch pushed into the state: its full windows (in batch order) and what is left over.
 
-    windows: list[Window]
+    Window ``i`` belongs to ``keys[i]``, scores row ``rows[i]`` of ``decoded.x``, holds
+    ``values[i]`` (W, C) and spans ``first_offsets[i]`` .. ``last_offsets[i]``."""
+
     keys: list[str]
-    rows: list[int]  # row of decoded.x of each window
+    rows: np.ndarray
+    values: np.ndarray
+    first_offsets: np.ndarray
+    last_offsets: np.ndarray
     errors: list[tuple[int, DecodeError]]  # position in the batch, why; in batch order
     n_warming: int
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def select(self, chosen: np.ndarray) -> PushedBatch:
+        """The windows ``chosen`` (indices), nothing left over."""
+        return PushedBatch(
+            [self.keys[i] for i in chosen.tolist()],
+            self.rows[chosen],
+            self.values[chosen],
+            self.first_offsets[chosen],
+            self.last_offsets[chosen],
+            [],
+            0,
+        )
 
 
 def push_batch(
@@ -89,29 +129,38 @@ def push_batch(
     decoded: DecodedBatch,
     key_field: str | None,
 ) -> PushedBatch:
-    """Push every decoded record with a usable key into its partition's state, in order."""
-    out = PushedBatch([], [], [], list(decoded.errors), 0)
-    key_errors: list[tuple[int, DecodeError]] = []
-    tp: Partition | None = None
-    x = decoded.x
-    for j, key in enumerate(series_keys(records, decoded.valid_index, key_field)):
-        pos = decoded.valid_index[j]
-        if isinstance(key, DecodeError):
-            key_errors.append((pos, key))
-            continue
-        r = records[pos]
-        if tp is None or tp.partition != r.partition or tp.topic != r.topic:
-            tp = Partition(r.topic, r.partition)
-        window = room.push(tp, key, x[j], r.offset)
-        if window is None:
-            out.n_warming += 1
-            continue
-        out.windows.append(window)
-        out.keys.append(key)
-        out.rows.append(j)
+    """Push every decoded record with a usable key into its partition's state, in order: one
+    `SeriesStateRoom.push_many` per run of records of one partition."""
+    keys, rows, key_errors = usable_keys(records, decoded, key_field)
+    errors = list(decoded.errors)
     if key_errors:
-        out.errors = sorted(out.errors + key_errors, key=lambda e: e[0])
-    return out
+        errors = sorted(errors + key_errors, key=lambda e: e[0])
+    if not keys:
+        none = np.zeros(0, dtype=np.int64)
+        return PushedBatch([], none, np.zeros((0, 0, 0)), none, none, errors, 0)
+    valid = decoded.valid_index
+    chosen = [records[valid[j]] for j in rows.tolist()]
+    offsets = np.fromiter((r.offset for r in chosen), dtype=np.int64, count=len(chosen))
+    runs: list[tuple[Partition, int]] = []  # (partition, first index of its run)
+    for i, r in enumerate(chosen):
+        if not runs or runs[-1][0].partition != r.partition or runs[-1][0].topic != r.topic:
+            runs.append((Partition(r.topic, r.partition), i))
+    bounds = [start for _, start in runs[1:]] + [len(chosen)]
+    x = decoded.x[rows]
+    found: list[tuple[np.ndarray, WindowBatch]] = []
+    for (tp, start), end in zip(runs, bounds, strict=True):
+        batch = room.push_many(tp, keys[start:end], x[start:end], offsets[start:end])
+        found.append((batch.rows + start, batch))
+    closing = np.concatenate([at for at, _ in found])
+    return PushedBatch(
+        [keys[i] for i in closing.tolist()],
+        rows[closing],
+        np.concatenate([b.values for _, b in found]),
+        np.concatenate([b.first_offsets for _, b in found]),
+        np.concatenate([b.last_offsets for _, b in found]),
+        errors,
+        len(keys) - closing.shape[0],
+    )
 
 
 def window_top_features(
@@ -157,7 +206,7 @@ def series_event(
     record: InRecord,
     record_id: Any,
     key: str,
-    window: Window,
+    window: tuple[int, int],
     score: float,
     threshold: float,
     model_version: str,
@@ -165,7 +214,8 @@ def series_event(
     detected_at: str,
     incident_id: str | None = None,
 ) -> bytes:
-    """One windowed model's anomaly event as UTF-8 JSON bytes."""
+    """One windowed model's anomaly event as UTF-8 JSON bytes (``window``: its first and last
+    offset)."""
     event: dict[str, Any] = {
         "id": record_id,
         "event_id": event_id(record.topic, record.partition, record.offset, model_version),
@@ -180,7 +230,7 @@ def series_event(
             "offset": record.offset,
             "timestamp_ms": record.timestamp,
         },
-        "window": {"first_offset": window.first_offset, "last_offset": window.last_offset},
+        "window": {"first_offset": window[0], "last_offset": window[1]},
         "top_features": top_features,
         "detected_at": detected_at,
     }
@@ -214,10 +264,10 @@ class ScoredWindows:
 
 
 def score_pushed(
-    model: WindowScorer, windows: Sequence[Window], keys: Sequence[str], names: list[str], k: int
+    model: WindowScorer, windows: np.ndarray, keys: Sequence[str], names: list[str], k: int
 ) -> ScoredWindows:
-    """Score full windows in one call and rank the anomalous ones' channels."""
-    scored = model.score_windows(np.stack([w.values for w in windows]), keys)
+    """Score full windows (n, W, C) in one call and rank the anomalous ones' channels."""
+    scored = model.score_windows(windows, keys)
     scores = np.asarray(scored.scores, dtype=np.float64)
     thresholds = np.asarray(scored.thresholds, dtype=np.float64)
     finite = np.isfinite(scores)
@@ -253,7 +303,7 @@ def window_rows(
             is_anomaly=score > threshold,
             severity=score / threshold if threshold > 0 else 0.0,
             contributions={f["name"]: f["error"] for f in top},
-            replay_from=pushed.windows[i].first_offset,
+            replay_from=int(pushed.first_offsets[i]),
         )
         rows.append((r, record))
     return index, rows
@@ -269,27 +319,10 @@ def replay_window_rows(
 ) -> list[ScoredRow]:
     """A restore's re-read chunk (already pushed): its windows of records at ``from_offset``
     or later, scored as live, as rows to rebuild the incidents from."""
-    chosen = [
-        i
-        for i, row in enumerate(pushed.rows)
-        if records[decoded.valid_index[row]].offset >= from_offset
-    ]
-    if not chosen:
+    sub = pushed.select(np.flatnonzero(pushed.last_offsets >= from_offset))
+    if not len(sub):
         return []
-    scored = score_pushed(
-        model,
-        [pushed.windows[i] for i in chosen],
-        [pushed.keys[i] for i in chosen],
-        out.channel_names,
-        out.top_k,
-    )
-    sub = PushedBatch(
-        [pushed.windows[i] for i in chosen],
-        [pushed.keys[i] for i in chosen],
-        [pushed.rows[i] for i in chosen],
-        [],
-        0,
-    )
+    scored = score_pushed(model, sub.values, sub.keys, out.channel_names, out.top_k)
     return window_rows(records, decoded, sub, scored)[1]
 
 
@@ -309,8 +342,8 @@ def series_outputs(
     finite_scores = np.zeros(0)
     n_anomalies = 0
     outcome: IncidentOutcome | None = None
-    if pushed.windows:
-        scored = score_pushed(model, pushed.windows, pushed.keys, out.channel_names, out.top_k)
+    if len(pushed):
+        scored = score_pushed(model, pushed.values, pushed.keys, out.channel_names, out.top_k)
         scores, thresholds, finite = scored.scores, scored.thresholds, scored.finite
         if not finite.all():
             overflowed = [
@@ -332,7 +365,7 @@ def series_outputs(
                 record=r,
                 record_id=decoded.ids[j],
                 key=pushed.keys[i],
-                window=pushed.windows[i],
+                window=(int(pushed.first_offsets[i]), int(pushed.last_offsets[i])),
                 score=float(scores[i]),
                 threshold=float(thresholds[i]),
                 model_version=out.model_version,

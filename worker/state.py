@@ -26,13 +26,13 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from anomaly_contract.windows import Window
+from anomaly_contract.windows import Window, WindowBatch
 from worker.client import InRecord, Offsets, Partition
 from worker.metrics import StateMetrics
 
@@ -51,7 +51,7 @@ class SeriesStore(Protocol):
 
     @property
     def evicted(self) -> int: ...
-    def push(self, key: str, vector: np.ndarray, offset: int) -> Window | None: ...
+    def push_many(self, keys: Sequence[str], x: np.ndarray, offsets: np.ndarray) -> WindowBatch: ...
     def discard(self, key: str) -> bool: ...
     def __len__(self) -> int: ...
     def __contains__(self, key: object) -> bool: ...
@@ -65,9 +65,9 @@ class ReplayReader(Protocol):
     def close(self) -> None: ...
 
 
-# Rows to push from replayed records: (key, vector, offset) for each record that decodes, in
-# partition order (the live path's decoding and key extraction, so both build the same state).
-RowsOf = Callable[[list[InRecord]], Iterable[tuple[str, np.ndarray, int]]]
+# Rows to push from a chunk of replayed records: (keys, x, offsets) of the records that decode,
+# in partition order (the live path's decoding and key extraction, so both build the same state).
+RowsOf = Callable[[list[InRecord]], tuple[list[str], np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -154,13 +154,35 @@ class SeriesStateRoom:
 
     def push(self, tp: Partition, key: str, vector: np.ndarray, offset: int) -> Window | None:
         """Add one record of ``key`` in partition ``tp``; its full window or None (warming)."""
+        row = np.asarray(vector, dtype=np.float64).reshape(1, -1)
+        batch = self.push_many(tp, [key], row, np.array([offset], dtype=np.int64))
+        return batch.window(0) if batch.rows.size else None
+
+    def push_many(
+        self, tp: Partition, keys: Sequence[str], x: np.ndarray, offsets: np.ndarray
+    ) -> WindowBatch:
+        """Add records of partition ``tp`` in order (as `push` one by one); the full windows.
+
+        What each key needs after the batch: the first offset of its latest window, for a key
+        with one that does not learn online; else what it needed before; else its first offset
+        here (a warming key, or one learning online, keeps its oldest)."""
         part = self._parts.get(tp) or self._part(tp)
-        window = part.store.push(key, vector, offset)
-        if window is None or self._learns_online(key):
-            part.needed.setdefault(key, offset)
-        else:
-            part.needed[key] = window.first_offset
-        return window
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(len(keys))
+        batch = part.store.push_many(keys, x, offsets)
+        needed = part.needed
+        keeps_first = np.ones(len(keys), dtype=bool)  # rows that only set a missing need
+        keeps_first[batch.rows] = False
+        learns = self._learns_online
+        moves: list[tuple[str, int]] = []
+        for i, first in zip(batch.rows.tolist(), batch.first_offsets.tolist(), strict=True):
+            if learns(keys[i]):
+                keeps_first[i] = True
+            else:
+                moves.append((keys[i], first))
+        for i in np.flatnonzero(keeps_first).tolist():  # in order: a key's oldest wins
+            needed.setdefault(keys[i], int(offsets[i]))
+        needed.update(moves)  # in order: a key's latest window wins
+        return batch
 
     def end_batch(self, offsets: Offsets) -> None:
         """A batch was pushed: remember, for each partition's next offset, where a restore
@@ -266,8 +288,7 @@ class SeriesStateRoom:
                 if replay_chunk is not None:
                     replay_chunk(records)
                 else:
-                    for key, vector, offset in rows_of(records):
-                        self.push(tp, key, vector, offset)
+                    self.push_many(tp, *rows_of(records))
                 heartbeat()
         except BaseException:
             self.drop([tp])

@@ -9,7 +9,6 @@ from dataclasses import replace
 import numpy as np
 from fake_client import FakeRecord
 
-from anomaly_contract.windows import Window
 from worker.incidents import event_id
 from worker.series_batch import score_pushed, series_event, window_top_features
 
@@ -49,7 +48,7 @@ def test_score_pushed_ranks_a_channel_max_model_by_its_scales():
     x, keys = keyed_rows(400, ["a", "b"], 3, seed=1)
     model = series_bundle(6, 3, x, keys, channel_scales=[0.05, 3.0, 0.5]).series
     model.thresholds = replace(model.thresholds, pooled=0.0, per_key={})  # every window flags
-    windows = [Window(x[i : i + 6], i, i + 5) for i in range(0, 60, 6)]
+    windows = np.stack([x[i : i + 6] for i in range(0, 60, 6)])
     scored = score_pushed(model, windows, ["a"] * len(windows), NAMES, 3)
     assert scored.anomalous.size == len(windows)
     for i in range(len(windows)):
@@ -72,7 +71,7 @@ def test_a_series_event_carries_the_key_and_the_window():
             record=record,
             record_id="r41",
             key="m1",
-            window=Window(np.zeros((4, 3)), 30, 41),
+            window=(30, 41),
             score=3.0,
             threshold=1.5,
             model_version="v2",

@@ -135,10 +135,11 @@ def test_metadata_of_another_format_or_garbage_is_no_plan():
     assert ReplayPlan.from_metadata(ReplayPlan(7, 2).to_metadata()) == ReplayPlan(7, 2)
 
 
-def _rows_of(records: list[InRecord]):
-    for rec in records:
-        assert rec.value is not None and rec.key is not None
-        yield rec.key.decode(), np.array([float(rec.value)]), rec.offset
+def _rows_of(records: list[InRecord]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    assert all(rec.value is not None and rec.key is not None for rec in records)
+    keys = [rec.key.decode() for rec in records]  # type: ignore[union-attr]
+    x = np.array([[float(rec.value)] for rec in records]).reshape(-1, 1)  # type: ignore[arg-type]
+    return keys, x, np.array([rec.offset for rec in records], dtype=np.int64)
 
 
 def test_a_restore_rebuilds_what_an_uninterrupted_room_holds():
@@ -216,3 +217,32 @@ def test_plans_outlive_a_dropped_partition_and_pass_to_a_new_room():
         marks=room.room.marks,
     )
     assert ReplayPlan.from_metadata(successor.commit_metadata(P0, 5)) == ReplayPlan(2)
+
+
+def test_a_batch_leaves_each_key_needing_what_its_records_one_by_one_leave():
+    """`push_many` against `push` record by record: same windows and, for every key (learning
+    online or not, evicted and back, warming), the same oldest offset a restore needs."""
+    rng = np.random.default_rng(11)
+    names = ["a", "b", "c", "u1", "u2", "d", "e"]
+    keys = [
+        names[i] for i in rng.choice(len(names), size=400, p=[0.3, 0.2, 0.1, 0.2, 0.1, 0.05, 0.05])
+    ]
+    one, many = Room(max_keys=4), Room(max_keys=4)
+    single: list = []
+    x = np.arange(len(keys), dtype=np.float64).reshape(-1, 1)
+    offsets = np.arange(len(keys), dtype=np.int64)
+    closed: list[int] = []
+    for start in range(0, len(keys), 37):
+        part = slice(start, start + 37)
+        single += _feed(one.room, P0, keys[part], first_offset=start)
+        batch = many.room.push_many(P0, keys[part], x[part], offsets[part])
+        closed += (batch.rows + start).tolist()
+        for j, row in enumerate((batch.rows + start).tolist()):
+            window = single[row]
+            assert window is not None and np.array_equal(batch.values[j], window.values)
+            assert batch.first_offsets[j] == window.first_offset
+        many.room.end_batch({P0: min(start + 37, len(keys))})
+        one.room.end_batch({P0: min(start + 37, len(keys))})
+        assert many.room._parts[P0].needed == one.room._parts[P0].needed  # noqa: SLF001
+    assert closed == [i for i, w in enumerate(single) if w is not None]
+    assert one.room._parts[P0].store.evicted > 0  # noqa: SLF001 - evictions were exercised
