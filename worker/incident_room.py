@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -75,11 +75,17 @@ def unpolled(
     room: IncidentRoom,
     consumer: ConsumerClient,
     restore: Callable[[dict[Partition, int]], None],
+    repositioning: Collection[Partition] = (),
 ) -> dict[Partition, int]:
     """Restore the assigned partitions that have no incident state (nothing polled from them
     since their assignment) up to the consumer's position, so that an idle partition's open
-    incidents close by the wall clock too. Returns those positions; raises `ClientError`."""
-    waiting = room.missing(consumer.assignment())
+    incidents close by the wall clock too. Returns those positions; raises `ClientError`.
+
+    Partitions ``repositioning`` (revoked and assigned back, not yet sent to their committed
+    offset) are left out: their position is still past the records the rebalance dropped, and
+    a tracker rebuilt up to it would have seen records never scored live (and an idle close
+    would commit past them)."""
+    waiting = [tp for tp in room.missing(consumer.assignment()) if tp not in repositioning]
     if not waiting:
         return {}
     positions = {tp: consumer.position(tp, timeout_ms=POSITION_TIMEOUT_MS) for tp in waiting}
@@ -175,6 +181,8 @@ class IncidentRoom:
         self.metrics = metrics
         self._wall_ms = wall_ms
         self.trackers: dict[Partition, IncidentTracker] = {}
+        # per tracker: the offset after the last record it has seen (live or re-read)
+        self._next: dict[Partition, int] = {}
         self._marks = _Marks()
         self._model_version = ""
         metrics.open.set_function(lambda: float(self.open_incidents()))
@@ -185,6 +193,17 @@ class IncidentRoom:
     def missing(self, partitions: Iterable[Partition]) -> list[Partition]:
         """The partitions without a tracker (just assigned, or forgotten): to restore."""
         return sorted(tp for tp in partitions if tp not in self.trackers)
+
+    def to_restore(self, firsts: Mapping[Partition, int]) -> list[Partition]:
+        """The partitions of ``firsts`` (partition -> the first offset about to be scored)
+        whose tracker is not as it was before that offset: none yet, or one that has seen
+        records from there on (the input was sent back, say after a rebalance). A tracker
+        behind the offset is current: offsets without a record (transaction markers) or
+        without a score (dead letters) lie between."""
+        return sorted(
+            tp for tp, first in firsts.items()
+            if tp not in self.trackers or self._next.get(tp, 0) > first
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------- live
     def track(self, rows: Sequence[ScoredRow], model_version: str) -> IncidentOutcome:
@@ -228,13 +247,14 @@ class IncidentRoom:
         restore: Callable[[dict[Partition, int]], None],
         deliver: Callable[[list[OutRecord], Offsets], bool],
         positions: Offsets,
+        repositioning: Collection[Partition] = (),
     ) -> Offsets:
         """The loop's idle step (once a second): restore the partitions not polled from yet
-        (`unpolled`), close what the wall clock closes (`idle`) and ``deliver`` it like a batch
-        (aborted: every tracker is rebuilt by replay with its next batch). Returns ``positions``
-        with those of the partitions restored here added."""
+        (`unpolled`, but those ``repositioning``), close what the wall clock closes (`idle`) and
+        ``deliver`` it like a batch (aborted: every tracker is rebuilt by replay with its next
+        batch). Returns ``positions`` with those of the partitions restored here added."""
         try:
-            positions = unpolled(self, consumer, restore) | positions
+            positions = unpolled(self, consumer, restore, repositioning) | positions
         except ClientError as exc:
             log.warning("cannot restore the incidents of idle partitions yet: %s", exc)
         outcome = self.idle(positions)
@@ -257,9 +277,11 @@ class IncidentRoom:
         The marks stay: batches already delivered may still be committed."""
         if partitions is None:
             self.trackers.clear()
+            self._next.clear()
             return
         for tp in partitions:
             self.trackers.pop(tp, None)
+            self._next.pop(tp, None)
 
     def _feed(
         self, rows: Sequence[ScoredRow], model_version: str, now_ms: int
@@ -280,6 +302,7 @@ class IncidentRoom:
                 [s for _, s in rows[start:end]], model_version=model_version, now_ms=now_ms
             )
             ids += batch.incident_ids
+            self._next[tp] = max(self._next.get(tp, 0), rows[end - 1][0].offset + 1)
             if batch.records:
                 found.append((tp, batch.records))
             start = end
@@ -341,11 +364,13 @@ class IncidentRoom:
             )
         return max(start, floor)
 
-    def begin_replay(self, tp: Partition) -> Callable[[Sequence[ScoredRow]], None]:
-        """A fresh tracker for ``tp`` and what feeds it re-read rows, emitting nothing (the
-        caller `forget`s ``tp`` when the replay fails: it is restored again with its next
-        batch). One wall-clock instant throughout: a replay closes nothing by the wall clock."""
+    def begin_replay(self, tp: Partition, until: int) -> Callable[[Sequence[ScoredRow]], None]:
+        """A fresh tracker for ``tp`` as before offset ``until`` and what feeds it the re-read
+        rows before it, emitting nothing (the caller `forget`s ``tp`` when the replay fails: it
+        is restored again with its next batch). One wall-clock instant throughout: a replay
+        closes nothing by the wall clock."""
         self.trackers[tp] = IncidentTracker(self.rules, tp.topic, tp.partition)
+        self._next[tp] = until
         now = self._wall_ms()
 
         def feed(rows: Sequence[ScoredRow]) -> None:
@@ -367,7 +392,7 @@ class IncidentRoom:
         state re-reads for windowed ones and calls `begin_replay` itself). Returns the rows fed."""
         self._model_version = model_version
         start = self.replay_start(tp, metadata, until)
-        feed = self.begin_replay(tp)
+        feed = self.begin_replay(tp, until)
         fed = 0
         started = time.perf_counter()
         try:

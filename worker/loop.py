@@ -451,8 +451,9 @@ class Worker:
         if self.scoring is not None and self._spec is not None:
             restore = functools.partial(self.scoring.restore_missing, spec=self._spec, out=self._output_settings())  # fmt: skip
             self._positions = self.incidents.sweep(
-                self.consumer, restore, self.delivery.deliver, self._positions
-            )
+                self.consumer, restore, self.delivery.deliver, self._positions,
+                repositioning=self.membership.repositioning,
+            )  # fmt: skip
 
     def _update_window_gauges(self) -> None:
         self.window.expire(time.time())

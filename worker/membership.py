@@ -148,6 +148,12 @@ class GroupMembership:
         self._had_partitions = False
 
     @property
+    def repositioning(self) -> frozenset[Partition]:
+        """Partitions revoked and assigned back whose fetch position is not yet sent back to
+        the committed offset (`release`): their position is past records never processed."""
+        return frozenset(self._reseek)
+
+    @property
     def rebalancing(self) -> bool:
         """A rebalance began and has not ended."""
         return self.tracker.rebalancing_since is not None

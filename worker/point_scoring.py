@@ -90,7 +90,7 @@ class PointScoring:
         broker cannot serve the restore."""
         if self.incidents is None or self._reader is None:
             return
-        missing = self.incidents.missing(firsts)
+        missing = self.incidents.to_restore(firsts)
         if not missing:
             return
         consumer = self._consumer()

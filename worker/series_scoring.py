@@ -90,8 +90,10 @@ class SeriesScoring:
         aborted batch), or, incidents on, whose incidents are missing, up to that offset. Raises
         `ClientError` when the broker cannot serve the restore."""
         incidents = self.incidents
-        lost = set(incidents.missing(firsts)) if incidents is not None else set()
-        missing = [tp for tp in firsts if tp not in self.room or tp in lost]
+        lost = set(incidents.to_restore(firsts)) if incidents is not None else set()
+        missing = [
+            tp for tp, first in firsts.items() if not self.room.holds(tp, first) or tp in lost
+        ]
         if not missing:
             return
         consumer = self._consumer()
@@ -105,7 +107,7 @@ class SeriesScoring:
                 continue
             incidents.set_model_version(out.model_version)
             start = incidents.replay_start(tp, metadata, until)
-            feed = incidents.begin_replay(tp)
+            feed = incidents.begin_replay(tp, until)
 
             replay_chunk = functools.partial(
                 self._replay_chunk, spec=spec, out=out, start=start, feed=feed

@@ -103,6 +103,7 @@ class PartitionState:
     plan: ReplayPlan | None = None  # the latest computed
     planned_at: float = float("-inf")
     evicted_seen: int = 0
+    next_offset: int = 0  # after the last record pushed (or the offset a restore rebuilt to)
 
 
 class SeriesStateRoom:
@@ -139,6 +140,14 @@ class SeriesStateRoom:
     def __contains__(self, tp: object) -> bool:
         return tp in self._parts
 
+    def holds(self, tp: Partition, first: int) -> bool:
+        """True when ``tp``'s state is as it was before offset ``first`` (the first record
+        about to be pushed): held, and not past it (a partition sent back to an earlier offset,
+        say after a rebalance, must be rebuilt). State behind ``first`` is current: offsets
+        without a record (transaction markers) or not pushed (dead letters) lie between."""
+        part = self._parts.get(tp)
+        return part is not None and part.next_offset <= first
+
     def keys_held(self) -> int:
         return sum(len(p.store) for p in list(self._parts.values()))
 
@@ -169,6 +178,8 @@ class SeriesStateRoom:
         part = self._parts.get(tp) or self._part(tp)
         offsets = np.asarray(offsets, dtype=np.int64).reshape(len(keys))
         batch = part.store.push_many(keys, x, offsets)
+        if offsets.size:
+            part.next_offset = max(part.next_offset, int(offsets[-1]) + 1)
         needed = part.needed
         keeps_first = np.ones(len(keys), dtype=bool)  # rows that only set a missing need
         keeps_first[batch.rows] = False
@@ -294,6 +305,7 @@ class SeriesStateRoom:
             self.drop([tp])
             raise
         self._count_evictions(part)
+        part.next_offset = until
         cut = plan.cut if plan is not None and plan.start >= floor else 0
         seconds = time.perf_counter() - started
         self.metrics.restores.inc()

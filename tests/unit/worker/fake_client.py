@@ -86,6 +86,10 @@ class FakeProducer:
         self.txn_metadata: list[dict[Partition, str]] = []
         self.offset_metadata: OffsetMetadata = lambda tp, offset: ""
         self.fail_commits = 0  # the next commit_transaction calls that fail
+        # the group whose committed offsets a committed transaction's offsets become (None:
+        # kept in txn_offsets only, for `worker_runs.successor`)
+        self.group: FakeConsumer | None = None
+        self._txn: list[tuple[Offsets, dict[Partition, str]]] = []
         self.closed = False
 
     def send(self, record: OutRecord) -> FakeResult:
@@ -112,10 +116,12 @@ class FakeProducer:
 
     def begin_transaction(self) -> None:
         self.transactions.append("begin")
+        self._txn = []
 
     def send_offsets_to_transaction(self, offsets: Offsets, group_metadata: object) -> None:
         self.txn_offsets.append(dict(offsets))
         self.txn_metadata.append({tp: self.offset_metadata(tp, o) for tp, o in offsets.items()})
+        self._txn.append((self.txn_offsets[-1], self.txn_metadata[-1]))
 
     def set_offset_metadata(self, metadata: OffsetMetadata) -> None:
         self.offset_metadata = metadata
@@ -125,6 +131,11 @@ class FakeProducer:
             self.fail_commits -= 1
             raise ClientError("transaction coordinator not available")
         self.transactions.append("commit")
+        if self.group is not None:
+            for offsets, metadata in self._txn:
+                self.group.committed_offsets.update(offsets)
+                self.group.committed_meta.update(metadata)
+        self._txn = []
 
     def abort_transaction(self) -> None:
         self.transactions.append("abort")
@@ -156,6 +167,7 @@ class FakeConsumer:
         self.on_poll: Callable[[FakeConsumer, int], None] | None = None  # (self, poll number)
         self.polls = 0
         self.down = False  # the broker answers nothing: requests fail, polls return nothing
+        self.paused: set[Partition] = set()  # assigned, but polls return nothing from them
         self.closed = False
 
     # --- test side
@@ -199,7 +211,7 @@ class FakeConsumer:
             drive(self.listener.on_partitions_revoked(set()))
             drive(self.listener.on_partitions_assigned(set(self.log)))
         out: dict[Partition, list[Any]] = {}
-        for tp in sorted(self.assigned):
+        for tp in sorted(self.assigned - self.paused):
             recs = self.log[tp][self.positions[tp] : self.positions[tp] + max_records]
             if recs:
                 out[tp] = list(recs)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_client import FakeConsumer, FakeRecord
+from fake_client import FakeConsumer, FakeRecord, drive
 from worker_models import sensor_rows
 from worker_runs import TOPIC, Run, rounded, successor
 from worker_series_models import keyed_series, records
@@ -206,6 +207,68 @@ def test_a_successor_mid_incident_continues_it_as_if_uninterrupted(
         == 0
     )
     assert second.count("anomaly") == 5  # the replayed records were not counted again
+
+
+class _SlowRebalance:
+    """kafka-python's rebalance that gives partition 0 back to the same member: revoked at the
+    first poll from offset ``at`` on (whose records the loop drops), assigned again ``hold_s``
+    later (past the idle sweep's second). Meanwhile the partition stays in the assignment,
+    fetches nothing and keeps its fetch position, past the records dropped."""
+
+    def __init__(self, at: int, hold_s: float) -> None:
+        self.at, self.hold_s = at, hold_s
+        self.revoked_at: float | None = None
+        self.done = False
+        self.acknowledge: Callable[[], None] = lambda: None  # what the broker acknowledged
+
+    def __call__(self, c: FakeConsumer, n: int) -> None:
+        tp = Partition(TOPIC, 0)
+        assert c.listener is not None
+        if self.revoked_at is None and c.assigned and c.positions[tp] >= self.at:
+            self.revoked_at = time.monotonic()
+            self.acknowledge()  # the batch in flight is acknowledged and committed first
+            drive(c.listener.on_partitions_revoked({tp}))  # this poll's records are dropped
+        elif self.revoked_at and not self.done and not c.paused:
+            c.paused.add(tp)
+        elif not self.done and self.revoked_at and time.monotonic() - self.revoked_at > self.hold_s:
+            self.done = True
+            c.paused.clear()
+            drive(c.listener.on_partitions_assigned(set(c.assigned)))
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_a_partition_given_back_in_a_slow_rebalance_continues_its_incident(
+    model_dir: Path, delivery: str
+) -> None:
+    """The idle sweep inside the rebalance must not rebuild the partition's incidents up to its
+    fetch position (past records never scored live): the batch after the re-position rebuilds
+    them up to where it starts, so the incident records equal an uninterrupted run's."""
+    stream = _burst_stream(model_dir)
+    whole = FakeConsumer(TOPIC)
+    _append(whole, 0, stream)
+    uninterrupted = Run(model_dir, whole, batch_max_records=7, delivery=delivery, **SETTINGS)
+    assert uninterrupted.run() == EXIT_OK
+
+    consumer = FakeConsumer(TOPIC)
+    _append(consumer, 0, stream)
+    rebalance = _SlowRebalance(at=49, hold_s=1.5)  # mid-incident: 4 of its anomalies in
+    consumer.on_poll = rebalance
+    run = Run(model_dir, consumer, batch_max_records=7, delivery=delivery, **SETTINGS)
+    rebalance.acknowledge = run.producer.ack_all
+    run.producer.group = consumer  # exactly once: the group reads the transactions' offsets
+    assert run.run() == EXIT_OK
+    assert rebalance.done
+    got = [(i["status"], i["anomalies"], i["records"]) for i in _incidents(run)]
+    want = [(i["status"], i["anomalies"], i["records"]) for i in _incidents(uninterrupted)]
+    assert got == want, (
+        got,
+        want,
+        consumer.polls,
+        run.replay_reader.reads,
+        consumer.async_commits[:40],
+        consumer.sync_commits,
+    )
+    assert rounded(_incidents(run)) == rounded(_incidents(uninterrupted))
 
 
 # ------------------------------------------------------------------------------ windowed model

@@ -73,3 +73,16 @@ def test_keyless_records_are_the_partitions_series() -> None:
 
     assert tracker_key(partition_series_key(3), 3) is None
     assert tracker_key("m1", 3) == "m1"
+
+
+def test_a_tracker_is_restored_again_when_a_batch_starts_before_what_it_has_seen() -> None:
+    room = _room()
+    assert room.to_restore({TP: 0}) == [TP]  # no tracker yet
+    room.track([_anomaly(10, 1_000), _anomaly(11, 2_000)], "v1")  # type: ignore[list-item]
+    # current from where it ended on (offsets without a record or a score may lie between)
+    assert room.to_restore({TP: 12}) == [] and room.to_restore({TP: 15}) == []
+    assert room.to_restore({TP: 11}) == [TP]  # the input was sent back: seen already
+    room.begin_replay(TP, 30)  # a replay rebuilds it as before offset 30
+    assert room.to_restore({TP: 30}) == [] and room.to_restore({TP: 29}) == [TP]
+    room.forget([TP])
+    assert room.to_restore({TP: 30}) == [TP]

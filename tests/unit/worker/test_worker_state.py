@@ -192,6 +192,23 @@ def test_a_restore_without_metadata_reads_back_the_cap_and_a_failed_one_holds_no
     assert P0 not in room.room
 
 
+def test_state_holds_a_partition_only_up_to_the_offset_it_has_seen():
+    """State is current for a batch that starts where it ended or later (offsets without a
+    record lie between), never for one that starts before: the input was sent back, and the
+    state has seen those records already."""
+    consumer = FakeConsumer(TOPIC, 1)
+    consumer.produce(0, [str(i).encode() for i in range(30)], [b"a"] * 30)
+    room = Room()
+    assert not room.room.holds(P0, 0)  # nothing held yet
+    _feed(room.room, P0, ["a"] * 10)
+    assert room.room.holds(P0, 10) and room.room.holds(P0, 12)
+    assert not room.room.holds(P0, 9) and not room.room.holds(P0, 0)
+    room.room.restore(P0, 25, None, FakeReplayReader(consumer), _rows_of)
+    assert room.room.holds(P0, 25) and not room.room.holds(P0, 24)
+    room.room.drop([P0])
+    assert not room.room.holds(P0, 25)
+
+
 def test_dropping_a_partition_discards_its_keys():
     room = Room()
     _feed(room.room, P0, ["a", "b"])
