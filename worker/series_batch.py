@@ -64,32 +64,49 @@ def replay_rows(spec: FeatureSpec, key_field: str | None) -> RowsOf:
 
     def rows_of(records: list[InRecord]) -> tuple[list[str], np.ndarray, np.ndarray]:
         decoded = decode_batch([r.value for r in records], spec)
-        keys, rows = usable_keys(records, decoded, key_field)[:2]
-        valid = decoded.valid_index
-        offsets = [records[valid[j]].offset for j in rows.tolist()]
-        return keys, decoded.x[rows], np.array(offsets, dtype=np.int64)
+        usable = usable_keys(records, decoded, key_field)
+        return usable.keys, decoded.x[usable.rows], usable.offsets()
 
     return rows_of
 
 
+@dataclass(frozen=True)
+class UsableRows:
+    """The decoded records of a batch with a usable series key, in batch order: ``keys[i]``
+    is the key of ``records[i]``, whose features are row ``rows[i]`` of ``decoded.x``; and
+    the others' key errors (position in the batch, why)."""
+
+    keys: list[str]
+    rows: np.ndarray
+    records: list[InRecord]
+    errors: list[tuple[int, DecodeError]]
+
+    def offsets(self) -> np.ndarray:
+        return np.fromiter(
+            (r.offset for r in self.records), dtype=np.int64, count=len(self.records)
+        )
+
+
 def usable_keys(
     records: Sequence[InRecord], decoded: DecodedBatch, key_field: str | None
-) -> tuple[list[str], np.ndarray, list[tuple[int, DecodeError]]]:
-    """The series key of each decoded record with a usable one, its row of ``decoded.x``, and
-    the others' key errors (position in the batch, why)."""
+) -> UsableRows:
+    """The decoded records with a usable series key (`UsableRows`)."""
     positions = decoded.valid_index
     keys: list[str] = []
     rows: list[int] = []
+    chosen: list[InRecord] = []
     errors: list[tuple[int, DecodeError]] = []
     for j, key in enumerate(series_keys(records, positions, key_field)):
+        position = positions[j]
         if isinstance(key, DecodeError):
-            errors.append((positions[j], key))
+            errors.append((position, key))
         else:
             keys.append(key)
             rows.append(j)
+            chosen.append(records[position])
     if not errors:
-        return keys, np.arange(len(positions), dtype=np.int64), errors
-    return keys, np.array(rows, dtype=np.int64), errors
+        return UsableRows(keys, np.arange(len(positions), dtype=np.int64), chosen, errors)
+    return UsableRows(keys, np.array(rows, dtype=np.int64), chosen, errors)
 
 
 @dataclass
@@ -131,16 +148,15 @@ def push_batch(
 ) -> PushedBatch:
     """Push every decoded record with a usable key into its partition's state, in order: one
     `SeriesStateRoom.push_many` per run of records of one partition."""
-    keys, rows, key_errors = usable_keys(records, decoded, key_field)
+    usable = usable_keys(records, decoded, key_field)
+    keys, rows, chosen = usable.keys, usable.rows, usable.records
     errors = list(decoded.errors)
-    if key_errors:
-        errors = sorted(errors + key_errors, key=lambda e: e[0])
+    if usable.errors:
+        errors = sorted(errors + usable.errors, key=lambda e: e[0])
     if not keys:
         none = np.zeros(0, dtype=np.int64)
         return PushedBatch([], none, np.zeros((0, 0, 0)), none, none, errors, 0)
-    valid = decoded.valid_index
-    chosen = [records[valid[j]] for j in rows.tolist()]
-    offsets = np.fromiter((r.offset for r in chosen), dtype=np.int64, count=len(chosen))
+    offsets = usable.offsets()
     runs: list[tuple[Partition, int]] = []  # (partition, first index of its run)
     for i, r in enumerate(chosen):
         if not runs or runs[-1][0].partition != r.partition or runs[-1][0].topic != r.topic:
