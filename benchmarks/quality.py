@@ -14,7 +14,7 @@ the same rows: the 99th percentile of scores on the trainer's calibration rows, 
 saw, or, where the trainer cross-fits its threshold (fewer than 2,000 normal rows), the 99th
 percentile of out-of-fold scores of all normal rows over the trainer's folds (one baseline fitted
 per fold), in both cases leaving out scores beyond the far-out fence of their logs
-(`trainer.fit.outlier_fence`). All are scored on the same test rows and F1 is computed the same
+(`trainer.calibration.outlier_fence`). All are scored on the same test rows and F1 is computed the same
 way (anomaly = positive). Each set is repeated over several seeds (the split, the networks'
 seeds and, on the ODDS-style sets, the random sample of rare-class rows that are the anomalies);
 the table gives mean ± standard deviation, the share of test normals flagged (FPR, the target is
@@ -56,17 +56,11 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
 from benchmarks import baselines  # noqa: E402
-from trainer.calibration import calibrate  # noqa: E402
-from trainer.fit import (  # noqa: E402
-    CROSS_FIT_FOLDS,
-    FitOptions,
-    calibration_method,
-    cross_fit_folds,
-    fit_model,
-    outlier_fence,
-    reconstruction_errors,
-    split_normal_rows,
-)
+from trainer.calibration import calibrate, outlier_fence  # noqa: E402
+from trainer.cross_fit import CROSS_FIT_FOLDS, cross_fit_folds  # noqa: E402
+from trainer.fit import FitOptions, fit_model, split_normal_rows  # noqa: E402
+from trainer.fit_threshold import calibration_method  # noqa: E402
+from trainer.training import reconstruction_errors  # noqa: E402
 
 TEST_SHARE = 0.3  # share of normal rows kept for the test set
 DEFAULT_SEEDS = 5

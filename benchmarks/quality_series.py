@@ -60,17 +60,19 @@ from trainer.evaluate_series import labelled_ranges  # noqa: E402
 from trainer.fit import FitOptions, fit_model  # noqa: E402
 from trainer.fit_series import (  # noqa: E402
     DEFAULT_SCORE_STEPS,
-    DEFAULT_SERIES_SCORE,
     DEFAULT_WINDOW_ARCHITECTURE,
-    SERIES_SCORES,
-    SeriesScore,
     even_subsample,
-    fit_channel_scales,
-    fit_key_channel_scales,
     fit_series_model,
     split_series,
 )
 from trainer.publish import publish_model  # noqa: E402
+from trainer.series_score_scales import (  # noqa: E402
+    DEFAULT_SERIES_SCORE,
+    SERIES_SCORES,
+    SeriesScore,
+    fit_channel_scales,
+    fit_key_channel_scales,
+)
 from trainer.training import reconstruction_errors  # noqa: E402
 
 FIT_SHARE = 0.7

@@ -39,7 +39,7 @@ def _model_series(args: argparse.Namespace, bundle: artifact.ModelBundle) -> Ser
 
 def series_score_option(value: str | None) -> Any:
     """``--series-score`` (None: the default) as `fit_series_model` takes it."""
-    from trainer.fit_series import DEFAULT_SERIES_SCORE
+    from trainer.series_score_scales import DEFAULT_SERIES_SCORE
 
     return DEFAULT_SERIES_SCORE if value is None else value.replace("-", "_")
 

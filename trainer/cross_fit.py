@@ -1,5 +1,5 @@
 """Cross-fitted calibration errors: every normal row scored by a network that never saw it
-(see `trainer.fit`'s docstring for when and why)."""
+(see `trainer.fit_threshold`'s docstring for when and why)."""
 
 from __future__ import annotations
 

@@ -1,27 +1,15 @@
-"""Training, threshold calibration and publishing of one model version.
+"""Fitting a point model: the row split, the defaults the options leave open, and training.
 
 The normal rows (label 0, or every row when there are no labels) are split three ways with a
 seeded shuffle: *train* (the only rows the weights and the scaler see), *validation* (early
 stopping keeps the weights with the lowest validation loss) and *calibration* (never used for
 training or model selection; the threshold is the ``percentile`` of their reconstruction errors,
-so about ``100 - percentile`` % of unseen normal records score above it).
-
-Below ``CROSS_FIT_MAX_ROWS`` normal rows the calibration share is too small for that: the 99th
-percentile of 20 rows is about their maximum, which ~5 % of unseen rows exceed on average and
-which one odd row moves a lot. The threshold is then cross-fitted instead: ``CROSS_FIT_FOLDS``
-extra networks, each trained like the final one on the other folds, score the fold they did not
-see, and the threshold is the percentile of these out-of-fold errors of *every* normal row. The
-published network is the same either way; the manifest records the method in
-``hyperparameters["calibration"]``.
-
-Either way the "normal" rows may hold a few anomalies (a mislabelled or badly written digit). Their
-errors are often ten times the rest, and with 126 rows the 99th percentile interpolates between the
-two largest errors, so one such row can lift the threshold above most real anomalies. Errors beyond
-Tukey's far-out fence on the log scale (`outlier_fence`) are therefore left out of the percentile,
-counted in ``validation_metrics["calibration_outliers"]`` and named in the notes.
+so about ``100 - percentile`` % of unseen normal records score above it). Small data is
+cross-fitted instead and outliers are fenced off (`trainer.fit_threshold`).
 
 `fit_model` runs these as named steps: check the inputs, split the rows, choose the defaults the
-options leave open, train, calibrate; `trainer.fit_manifest` records metrics, notes and manifest.
+options leave open, train, calibrate (`trainer.fit_threshold`); `trainer.fit_manifest` records
+metrics, notes and manifest.
 """
 
 from __future__ import annotations
@@ -37,23 +25,12 @@ import numpy as np
 
 from anomaly_contract import artifact
 from anomaly_contract.errors import ConfigError, DataError
-from trainer import calibration
-from trainer.calibration import OUTLIER_FENCE_IQR, outlier_fence
-from trainer.cross_fit import (
-    CROSS_FIT_FOLDS,
-    CROSS_FIT_MAX_ROWS,
-    cross_fitted_errors,
-)
-from trainer.cross_fit import cross_fit_folds as cross_fit_folds  # re-exported for callers
+from trainer.calibration import OUTLIER_FENCE_IQR
+from trainer.cross_fit import CROSS_FIT_FOLDS, CROSS_FIT_MAX_ROWS
 from trainer.feedback import FeedbackLabels
-from trainer.fit_feedback import (
-    false_positive_rows,
-    feedback_note,
-    feedback_summary,
-    merge_labels,
-    raised_threshold,
-)
+from trainer.fit_feedback import false_positive_rows, feedback_note, feedback_summary, merge_labels
 from trainer.fit_manifest import build_manifest, threshold_notes, validation_metrics
+from trainer.fit_threshold import calibrate_threshold, calibration_method
 from trainer.models import ModelSpec, make_spec
 from trainer.progress import track
 from trainer.training import epoch_progress, reconstruction_errors, train_network
@@ -192,21 +169,6 @@ class Heldout:
     calibration_errors: np.ndarray  # the final model's errors of the calibration rows alone
 
 
-@dataclass(frozen=True)
-class Threshold:
-    """The calibrated threshold and the errors it was taken from."""
-
-    value: float
-    stats: artifact.CalibrationStats
-    errors: np.ndarray
-    rows: np.ndarray  # input rows of ``errors``
-    fence: float
-    outlier_rows: np.ndarray  # input rows beyond the fence, sorted
-    seconds: float
-    before_feedback: float = math.nan  # the percentile's value, before false positives raised it
-    false_positive_above: int = 0  # false-positive rows still above ``value``
-
-
 def split_normal_rows(
     n: int, validation_split: float, calibration_split: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,15 +196,6 @@ def default_batch_size(n_train: int) -> int:
     """Small data gets small batches (enough updates per epoch); large data up to 256."""
     target = min(256, max(16, n_train // 32))
     return int(2 ** round(math.log2(target)))
-
-
-def calibration_method(requested: str, n_normal: int) -> Literal["holdout", "cross_fit"]:
-    """Resolve ``FitOptions.calibration``: "auto" cross-fits small data only."""
-    if requested == "auto":
-        return "cross_fit" if n_normal < CROSS_FIT_MAX_ROWS else "holdout"
-    if requested not in ("holdout", "cross_fit"):
-        raise ConfigError(f"calibration must be auto, holdout or cross_fit, got {requested!r}")
-    return requested  # type: ignore[return-value]
 
 
 def short_fit_applies(requested: str, image: bool, n_normal: int) -> bool:
@@ -285,7 +238,7 @@ def fit_model(
     choices = _choose_defaults(opts, x.shape[1], split)
     training = _train(x, split, choices, opts, say, quiet=quiet)
     heldout = _score_heldout(split, choices, training)
-    threshold = _calibrate(x, split, choices, training, heldout, opts, say, quiet=quiet)
+    threshold = calibrate_threshold(x, split, choices, training, heldout, opts, say, quiet=quiet)
     notes = threshold_notes(split, choices, threshold, opts)
     manifest = build_manifest(
         x,
@@ -472,68 +425,4 @@ def _score_heldout(split: RowSplit, choices: FitChoices, training: Training) -> 
         calibration_errors=reconstruction_errors(
             model, xs[split.calibration], shape, choices.error
         ),
-    )
-
-
-def _calibrate(
-    x: np.ndarray,
-    split: RowSplit,
-    choices: FitChoices,
-    training: Training,
-    heldout: Heldout,
-    opts: FitOptions,
-    say: Callable[[str], None],
-    *,
-    quiet: bool,
-) -> Threshold:
-    """The threshold: a percentile of held-out or cross-fitted errors, fenced against outliers."""
-    started = time.perf_counter()
-    if choices.method == "cross_fit":
-        say(
-            f"cross-fitting the threshold: {choices.folds} more networks of "
-            f"{training.best_epoch} epochs, each scoring the 1/{choices.folds} of the "
-            f"{split.normal.size} normal rows it did not see"
-        )
-        total = choices.folds * training.best_epoch
-        with track("cross-fitting", total, unit="epoch", quiet=quiet) as progress:
-            errors = cross_fitted_errors(
-                x[split.normal],
-                choices.spec,
-                opts,
-                choices.scaler_kind,
-                choices.error,
-                choices.batch_size,
-                training.best_epoch,
-                choices.folds,
-                progress,
-            )
-        rows = split.normal
-    else:
-        errors, rows = heldout.calibration_errors, split.calibration
-    fp_errors = reconstruction_errors(
-        training.model,
-        training.scaled[split.false_positive],
-        choices.spec.input_shape,
-        choices.error,
-    )
-    if choices.method == "cross_fit" and split.false_positive.size:
-        # Out of the percentile (see trainer.fit_feedback): only the raise below calibrates on them.
-        keep = ~np.isin(rows, split.false_positive)
-        errors, rows = errors[keep], rows[keep]
-    seconds = time.perf_counter() - started
-    fence = outlier_fence(errors, opts.outlier_fence)
-    percentile_value, stats = calibration.calibrate(errors, opts.percentile, fence=fence)
-    confirmed_errors = heldout.errors[np.isin(heldout.rows, split.confirmed)]
-    value = raised_threshold(percentile_value, fp_errors, confirmed_errors)
-    outliers = np.sort(rows[errors > fence])
-    return Threshold(
-        value,
-        stats,
-        errors,
-        rows,
-        fence,
-        outliers,
-        seconds,
-        before_feedback=percentile_value,
-        false_positive_above=int((fp_errors > value).sum()),
     )

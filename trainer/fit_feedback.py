@@ -13,14 +13,27 @@
   from 0.33 to 1.19, above a confirmed anomaly's error of 0.64).
 - A label column wins over feedback: a row it labels anomalous stays out even if an analyst
   called its event a false positive.
+- Windowed fits (`trainer.fit_series`) apply the same by windows: a window ending at a confirmed
+  row is labelled, one ending at a false positive trains, and its key's threshold is raised over
+  it (`raise_key_thresholds`).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anomaly_contract.artifact import FeedbackSummary
 from trainer.feedback import FeedbackLabels
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+    from anomaly_contract.key_thresholds import KeyThresholds
+    from trainer.data_series import SeriesData
+    from trainer.fit_series import WindowInputs, WindowParts
 
 # A threshold raised over a false positive's error sits this much above it (relative): the
 # worker's NumPy or ONNX scores agree with the trainer's to ~1e-5 relative, not exactly.
@@ -90,3 +103,51 @@ def feedback_note(summary: FeedbackSummary, threshold: float) -> str:
         f"on; {summary.false_positive_rows_above} still above the threshold), "
         f"{summary.unresolved} unresolved, {summary.skipped} unusable records skipped{moved}"
     )
+
+
+def false_positive_windows(
+    parts: WindowParts, data: SeriesData, feedback: FeedbackLabels | None
+) -> np.ndarray:
+    """Windows ending at a false-positive row and holding no labelled row."""
+    if feedback is None:
+        return np.zeros(0, np.int64)
+    index = parts.index
+    labelled = np.zeros(data.n_rows, bool) if data.labels is None else data.labels != 0
+    clean = ~labelled[index.rows].any(axis=1)
+    return np.flatnonzero(feedback.false_positive[index.end_rows] & clean)
+
+
+def confirmed_windows(parts: WindowParts, feedback: FeedbackLabels) -> np.ndarray:
+    """The held-out labelled windows that end at a confirmed row."""
+    return parts.labelled[feedback.confirmed[parts.index.end_rows[parts.labelled]]]
+
+
+def raise_key_thresholds(
+    thresholds: KeyThresholds,
+    inputs: WindowInputs,
+    model: keras.Model,
+    fp_windows: np.ndarray,
+    confirmed: np.ndarray,
+    window_keys: np.ndarray,
+) -> tuple[KeyThresholds, list[str], int]:
+    """Each key's threshold raised over its false-positive windows' scores (`raised_threshold`,
+    capped by its confirmed windows); the keys raised, and false-positive windows still above."""
+    if fp_windows.size == 0:
+        return thresholds, [], 0
+    fp_scores = inputs.scores(model, fp_windows)
+    confirmed_scores = inputs.scores(model, confirmed) if confirmed.size else np.zeros(0)
+    per_key = dict(thresholds.per_key)
+    raised: list[str] = []
+    for key in np.unique(window_keys[fp_windows]):
+        before = thresholds.threshold(str(key))
+        after = raised_threshold(
+            before,
+            fp_scores[window_keys[fp_windows] == key],
+            confirmed_scores[window_keys[confirmed] == key],
+        )
+        if after > before:
+            per_key[str(key)] = after
+            raised.append(str(key))
+    updated = replace(thresholds, per_key=per_key)
+    above = int((fp_scores > updated.thresholds_for(window_keys[fp_windows])).sum())
+    return updated, raised, above

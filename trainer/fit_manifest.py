@@ -14,7 +14,8 @@ from trainer import calibration
 from trainer.training import library_versions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trainer.fit import FitChoices, FitOptions, Heldout, RowSplit, Threshold, Training
+    from trainer.fit import FitChoices, FitOptions, Heldout, RowSplit, Training
+    from trainer.fit_threshold import Threshold
 
 
 def validation_metrics(

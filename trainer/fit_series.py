@@ -11,9 +11,9 @@ a key the model never saw learns its own online at serving). Thresholds are per 
 ``percentile`` of each key's own calibration errors, pooled for keys with too few
 (`KeyThresholds`). The score comes from the element errors of the window's last rows, as
 `SeriesModel` computes it (`window_scores`): their mean over channels, or (``series_score =
-"channel_max"``) the largest channel error over that channel's scale, a quantile of its errors
-on the calibration windows pooled over keys (`fit_channel_scales`); the thresholds are then the
-percentiles of that score.
+"channel_max"``, ``"channel_max_per_key"``) the largest channel error over that channel's scale,
+learnt after training (`trainer.series_score_scales`); the thresholds are then the percentiles
+of that score.
 """
 
 from __future__ import annotations
@@ -22,28 +22,40 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anomaly_contract import artifact
 from anomaly_contract.errors import ConfigError, DataError
 from anomaly_contract.key_normaliser import KeyNormaliser
-from anomaly_contract.key_thresholds import (
-    KeyThresholds,
-    default_min_windows,
-    fit_key_thresholds,
-)
+from anomaly_contract.key_thresholds import KeyThresholds, fit_key_thresholds
 from anomaly_contract.model_dir import utc_now
-from anomaly_contract.series import channel_errors, window_scores
+from anomaly_contract.series import window_scores
 from anomaly_contract.windows import WindowIndex, index_windows, split_windows_in_time
 from trainer import calibration
 from trainer.data_series import SeriesData
 from trainer.feedback import FeedbackLabels
 from trainer.fit import FitOptions, TrainedModel, default_batch_size
-from trainer.fit_feedback import feedback_note, feedback_summary, merge_labels, raised_threshold
+from trainer.fit_feedback import (
+    confirmed_windows,
+    false_positive_windows,
+    feedback_note,
+    feedback_summary,
+    merge_labels,
+    raise_key_thresholds,
+)
 from trainer.models import ModelSpec, make_spec
 from trainer.progress import track
+from trainer.series_score_scales import (
+    DEFAULT_SERIES_SCORE,
+    SeriesScore,
+    check_series_score,
+    fit_series_score_scales,
+    manifest_scales,
+    scales_for_keys,
+    series_score_note,
+)
 from trainer.training import epoch_progress, library_versions, reconstruction_errors, train_network
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,22 +73,6 @@ MAX_TRAIN_WINDOWS = 20_000
 # A window scores the errors of its last row only: averaging all W rows let one spike raise the
 # scores of the W-1 normal rows after it (measured in the README, "Series per key").
 DEFAULT_SCORE_STEPS = 1
-SeriesScore = Literal["mean", "channel_max", "channel_max_per_key"]
-SERIES_SCORES: tuple[SeriesScore, ...] = ("mean", "channel_max", "channel_max_per_key")
-# Measured (README, "Series quality", 2026-12-02, 3 seeds): channel_max_per_key is ahead on
-# machines-ar (event recall at 2 % FPR 0.973 against 0.941), level on machines (0.976 against
-# 0.981) and raises the normal-row FPR at p99 thresholds on both (6.1 % against 4.4 %, 3.4 %
-# against 1.8 %); pooled channel_max is level with the mean on both. So the mean stays.
-DEFAULT_SERIES_SCORE: SeriesScore = "mean"
-# "channel_max" divides each channel's error by this quantile of its calibration errors (pooled
-# over keys): the channels' tails then line up, so no one channel's noise sets the max.
-CHANNEL_SCALE_QUANTILE = 0.99
-# "channel_max_per_key": each key's own quantile of its validation windows' errors (not the
-# calibration windows': the thresholds are fitted there, and scales fitted on the same windows
-# would make them look tamer than new data). A lower quantile than the pooled one, because a
-# key has ~100s of windows, not ~10,000s; keys with fewer than the windows that quantile needs
-# (`default_min_windows`) and unseen keys use the pooled quantile of every key's windows.
-KEY_CHANNEL_SCALE_QUANTILE = 0.90
 MIN_TRAIN_WINDOWS = 10
 MIN_VALIDATION_WINDOWS = 2
 MIN_CALIBRATION_WINDOWS = 5
@@ -124,42 +120,9 @@ class WindowInputs:
 
     def scales_of(self, selection: np.ndarray) -> np.ndarray | None:
         """The channel scales of each selected window's key (n, C); None for a mean score."""
-        if self.channel_scales is None or not self.key_channel_scales:
-            return self.channel_scales
         index = self.parts.index
         names = index.key_names[index.window_keys[selection]]
-        own = self.key_channel_scales
-        return np.stack([own.get(str(k), self.channel_scales) for k in names]).reshape(
-            selection.size, -1
-        )
-
-
-def fit_channel_scales(
-    per_channel: np.ndarray, quantile: float = CHANNEL_SCALE_QUANTILE
-) -> np.ndarray:
-    """One scale a channel: the ``quantile`` of its errors (n, C) on the calibration windows,
-    floored so a channel rebuilt perfectly does not divide by zero."""
-    scales = np.quantile(np.asarray(per_channel, dtype=np.float64), quantile, axis=0)
-    floor = max(float(np.max(scales)) * 1e-6, 1e-12)
-    return np.maximum(scales, floor)
-
-
-def fit_key_channel_scales(
-    per_channel: np.ndarray, keys: np.ndarray, quantile: float = KEY_CHANNEL_SCALE_QUANTILE
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The pooled scales and each key's own (`fit_channel_scales` of its windows ``(n, C)``),
-    for keys with at least `default_min_windows` windows at that quantile."""
-    pooled = fit_channel_scales(per_channel, quantile)
-    needed = default_min_windows(quantile * 100.0)
-    key_column = np.asarray(keys, dtype=object)
-    own: dict[str, np.ndarray] = {}
-    for key in np.unique(key_column):
-        rows = key_column == key
-        if int(rows.sum()) >= needed:
-            own[str(key)] = np.maximum(
-                fit_channel_scales(per_channel[rows], quantile), pooled * 1e-6
-            )
-    return pooled, own
+        return scales_for_keys(self.channel_scales, self.key_channel_scales, names)
 
 
 def fit_series_model(
@@ -188,10 +151,7 @@ def fit_series_model(
     _check_options(window, opts)
     if not 1 <= score_steps <= window:
         raise ConfigError(f"--score-steps must lie between 1 and the window {window}")
-    if series_score not in SERIES_SCORES:
-        raise ConfigError(
-            f"--series-score must be mean, channel-max or channel-max-per-key, got {series_score!r}"
-        )
+    check_series_score(series_score)
     if feedback is not None:
         if feedback.rows.shape != (data.n_rows,):
             raise DataError(f"{feedback.rows.shape[0]} feedback labels for {data.n_rows} rows")
@@ -221,16 +181,15 @@ def fit_series_model(
         trained_on = np.union1d(even_subsample(rest, limit), fp_windows)
     model, history, seconds = _train(inputs, trained_on, opts, say, quiet=quiet)
     window_keys = parts.index.key_names[parts.index.window_keys].astype(str)
-    if series_score == "channel_max":
-        calibration_elements = inputs.element_errors(model, parts.calibration)
-        scales = fit_channel_scales(channel_errors(calibration_elements, score_steps))
-        inputs = replace(inputs, channel_scales=scales)
-    elif series_score == "channel_max_per_key":
-        validation_elements = inputs.element_errors(model, parts.validation)
-        pooled, own = fit_key_channel_scales(
-            channel_errors(validation_elements, score_steps), window_keys[parts.validation]
-        )
-        inputs = replace(inputs, channel_scales=pooled, key_channel_scales=own)
+    scales, key_scales = fit_series_score_scales(
+        series_score,
+        lambda selection: inputs.element_errors(model, selection),
+        parts.validation,
+        parts.calibration,
+        window_keys,
+        score_steps,
+    )
+    inputs = replace(inputs, channel_scales=scales, key_channel_scales=key_scales)
     cal_errors = inputs.scores(model, parts.calibration)
     thresholds = fit_key_thresholds(cal_errors, window_keys[parts.calibration], opts.percentile)
     raised: list[str] = []
@@ -278,54 +237,6 @@ def fit_series_model(
         train_seconds=seconds,
         notes=manifest.notes,
     )
-
-
-def false_positive_windows(
-    parts: WindowParts, data: SeriesData, feedback: FeedbackLabels | None
-) -> np.ndarray:
-    """Windows ending at a false-positive row and holding no labelled row."""
-    if feedback is None:
-        return np.zeros(0, np.int64)
-    index = parts.index
-    labelled = np.zeros(data.n_rows, bool) if data.labels is None else data.labels != 0
-    clean = ~labelled[index.rows].any(axis=1)
-    return np.flatnonzero(feedback.false_positive[index.end_rows] & clean)
-
-
-def confirmed_windows(parts: WindowParts, feedback: FeedbackLabels) -> np.ndarray:
-    """The held-out labelled windows that end at a confirmed row."""
-    return parts.labelled[feedback.confirmed[parts.index.end_rows[parts.labelled]]]
-
-
-def raise_key_thresholds(
-    thresholds: KeyThresholds,
-    inputs: WindowInputs,
-    model: keras.Model,
-    fp_windows: np.ndarray,
-    confirmed: np.ndarray,
-    window_keys: np.ndarray,
-) -> tuple[KeyThresholds, list[str], int]:
-    """Each key's threshold raised over its false-positive windows' scores (`raised_threshold`,
-    capped by its confirmed windows); the keys raised, and false-positive windows still above."""
-    if fp_windows.size == 0:
-        return thresholds, [], 0
-    fp_scores = inputs.scores(model, fp_windows)
-    confirmed_scores = inputs.scores(model, confirmed) if confirmed.size else np.zeros(0)
-    per_key = dict(thresholds.per_key)
-    raised: list[str] = []
-    for key in np.unique(window_keys[fp_windows]):
-        before = thresholds.threshold(str(key))
-        after = raised_threshold(
-            before,
-            fp_scores[window_keys[fp_windows] == key],
-            confirmed_scores[window_keys[confirmed] == key],
-        )
-        if after > before:
-            per_key[str(key)] = after
-            raised.append(str(key))
-    updated = replace(thresholds, per_key=per_key)
-    above = int((fp_scores > updated.thresholds_for(window_keys[fp_windows])).sum())
-    return updated, raised, above
 
 
 def _train(
@@ -507,19 +418,9 @@ def series_manifest(
         f"keys unseen in training learn their normalisation from their first "
         f"{normaliser.warmup_records} records and are not scored before",
     ]
-    if inputs.key_channel_scales is not None:
-        notes.append(
-            "score: the largest channel error of the last "
-            f"{score_steps} row(s), each channel's over its p{KEY_CHANNEL_SCALE_QUANTILE * 100:g} "
-            f"on the key's validation windows ({len(inputs.key_channel_scales)} keys have their "
-            "own key_channel_scales, the rest use the pooled channel_scales)"
-        )
-    elif inputs.channel_scales is not None:
-        notes.append(
-            "score: the largest channel error of the last "
-            f"{score_steps} row(s), each channel's over its p{CHANNEL_SCALE_QUANTILE * 100:g} on "
-            "the calibration windows (channel_scales)"
-        )
+    score_note = series_score_note(score_steps, inputs.channel_scales, inputs.key_channel_scales)
+    if score_note is not None:
+        notes.append(score_note)
     hyper = {
         **{k: v for k, v in asdict(opts).items() if k != "image_shape"},
         "architecture": spec.architecture,
@@ -530,6 +431,9 @@ def series_manifest(
         "error": error,
     }
     train_rows = np.unique(parts.index.rows[parts.train])
+    score, channel_scales, key_channel_scales = manifest_scales(
+        inputs.channel_scales, inputs.key_channel_scales
+    )
     return artifact.Manifest(
         version="unpublished",
         created_at=utc_now(),
@@ -563,16 +467,8 @@ def series_manifest(
             time_column=data.time_column,
             normaliser=normaliser.to_json(),
             thresholds=thresholds.to_json(),
-            score="mean" if inputs.channel_scales is None else "channel_max",
-            channel_scales=(
-                None if inputs.channel_scales is None else [float(v) for v in inputs.channel_scales]
-            ),
-            key_channel_scales=(
-                None
-                if inputs.key_channel_scales is None
-                else {
-                    k: [float(v) for v in s] for k, s in sorted(inputs.key_channel_scales.items())
-                }
-            ),
+            score=score,
+            channel_scales=channel_scales,
+            key_channel_scales=key_channel_scales,
         ),
     )

@@ -11,18 +11,11 @@ from conftest import FEATURES, QUICK, correlated_rows
 from anomaly_contract import artifact
 from anomaly_contract.errors import ConfigError, DataError
 from trainer import calibration
-from trainer.fit import (
-    CROSS_FIT_FOLDS,
-    CROSS_FIT_MAX_ROWS,
-    FitOptions,
-    calibration_method,
-    cross_fit_folds,
-    default_batch_size,
-    fit_model,
-    outlier_fence,
-    reconstruction_errors,
-    split_normal_rows,
-)
+from trainer.calibration import outlier_fence
+from trainer.cross_fit import CROSS_FIT_FOLDS, CROSS_FIT_MAX_ROWS, cross_fit_folds
+from trainer.fit import FitOptions, default_batch_size, fit_model, split_normal_rows
+from trainer.fit_threshold import calibration_method
+from trainer.training import reconstruction_errors
 
 
 def test_split_is_disjoint_seeded_and_complete() -> None:
