@@ -31,6 +31,7 @@ from trainer.feedback import FeedbackLabels
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
+    from anomaly_contract.artifact import Manifest
     from anomaly_contract.key_thresholds import KeyThresholds
     from trainer.data_series import SeriesData
     from trainer.fit_series import WindowInputs, WindowParts
@@ -151,3 +152,30 @@ def raise_key_thresholds(
     updated = replace(thresholds, per_key=per_key)
     above = int((fp_scores > updated.thresholds_for(window_keys[fp_windows])).sum())
     return updated, raised, above
+
+
+def with_series_feedback(
+    manifest: Manifest,
+    feedback: FeedbackLabels | None,
+    threshold: float,
+    raised: list[str],
+    false_positive_above: int,
+) -> Manifest:
+    """A windowed model's manifest with its ``feedback`` section and note (the keys ``raised``
+    by `raise_key_thresholds` named); ``manifest`` itself without feedback."""
+    if feedback is None:
+        return manifest
+    summary = feedback_summary(
+        feedback,
+        threshold_before=1.0,
+        threshold_after=1.0,
+        false_positive_above=false_positive_above,
+    )
+    note = feedback_note(summary, threshold)
+    if raised:
+        note += (
+            f"; the thresholds of {len(raised)} keys ({', '.join(raised[:5])}"
+            f"{' ...' if len(raised) > 5 else ''}) were raised over their false positives"
+        )
+    notes = [*manifest.notes, note]
+    return manifest.model_copy(update={"feedback": summary, "notes": notes})

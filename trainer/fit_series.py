@@ -40,10 +40,9 @@ from trainer.fit import FitOptions, TrainedModel, default_batch_size
 from trainer.fit_feedback import (
     confirmed_windows,
     false_positive_windows,
-    feedback_note,
-    feedback_summary,
     merge_labels,
     raise_key_thresholds,
+    with_series_feedback,
 )
 from trainer.models import ModelSpec, make_spec
 from trainer.progress import track
@@ -148,23 +147,12 @@ def fit_series_model(
     """
     opts = options or FitOptions()
     say = (lambda _msg: None) if quiet else (log or (lambda msg: print(msg, file=sys.stderr)))
-    _check_options(window, opts)
-    if not 1 <= score_steps <= window:
-        raise ConfigError(f"--score-steps must lie between 1 and the window {window}")
-    check_series_score(series_score)
+    _check_options(window, opts, score_steps, series_score)
     if feedback is not None:
         if feedback.rows.shape != (data.n_rows,):
             raise DataError(f"{feedback.rows.shape[0]} feedback labels for {data.n_rows} rows")
         data = replace(data, labels=merge_labels(data.labels, feedback, data.n_rows))
-    parts = split_series(data, window, opts)
-    fp_windows = false_positive_windows(parts, data, feedback)
-    if fp_windows.size:
-        parts = replace(
-            parts,
-            train=np.union1d(parts.train, fp_windows),
-            validation=np.setdiff1d(parts.validation, fp_windows),
-            calibration=np.setdiff1d(parts.calibration, fp_windows),
-        )
+    parts, fp_windows = _split_with_false_positives(data, window, opts, feedback)
     train_rows = np.unique(parts.index.rows[parts.train])
     normaliser = KeyNormaliser.fit(data.x[train_rows], data.keys[train_rows])
     inputs = WindowInputs(
@@ -174,22 +162,10 @@ def fit_series_model(
         opts.error or "mse",
         score_steps,
     )
-    trained_on = even_subsample(parts.train, max_train_windows)
-    if fp_windows.size:  # false positives always train: the subsample could drop some
-        rest = np.setdiff1d(parts.train, fp_windows)
-        limit = max(1, max_train_windows - fp_windows.size)
-        trained_on = np.union1d(even_subsample(rest, limit), fp_windows)
+    trained_on = _training_subsample(parts.train, fp_windows, max_train_windows)
     model, history, seconds = _train(inputs, trained_on, opts, say, quiet=quiet)
     window_keys = parts.index.key_names[parts.index.window_keys].astype(str)
-    scales, key_scales = fit_series_score_scales(
-        series_score,
-        lambda selection: inputs.element_errors(model, selection),
-        parts.validation,
-        parts.calibration,
-        window_keys,
-        score_steps,
-    )
-    inputs = replace(inputs, channel_scales=scales, key_channel_scales=key_scales)
+    inputs = _with_score_scales(inputs, model, series_score, window_keys)
     cal_errors = inputs.scores(model, parts.calibration)
     thresholds = fit_key_thresholds(cal_errors, window_keys[parts.calibration], opts.percentile)
     raised: list[str] = []
@@ -210,18 +186,7 @@ def fit_series_model(
     metrics["train_windows_used"] = float(trained_on.size)
     say(f"trained in {seconds:.1f}s; best val_loss {metrics['val_loss']:.5f}")
     manifest = series_manifest(data, inputs, opts, normaliser, thresholds, cal_errors, metrics)
-    if feedback is not None:
-        summary = feedback_summary(
-            feedback, threshold_before=1.0, threshold_after=1.0, false_positive_above=fp_above
-        )
-        note = feedback_note(summary, thresholds.pooled)
-        if raised:
-            note += (
-                f"; the thresholds of {len(raised)} keys ({', '.join(raised[:5])}"
-                f"{' ...' if len(raised) > 5 else ''}) were raised over their false positives"
-            )
-        notes = [*manifest.notes, note]
-        manifest = manifest.model_copy(update={"feedback": summary, "notes": notes})
+    manifest = with_series_feedback(manifest, feedback, thresholds.pooled, raised, fp_above)
     channels = data.x.shape[1]
     return TrainedModel(
         model=model,
@@ -271,7 +236,9 @@ def _train(
     return model, history, time.perf_counter() - started
 
 
-def _check_options(window: int, opts: FitOptions) -> None:
+def _check_options(
+    window: int, opts: FitOptions, score_steps: int, series_score: SeriesScore
+) -> None:
     if window < 2:
         raise ConfigError(
             f"--window must be at least 2 (a window of 1 is a point model), got {window}"
@@ -293,6 +260,9 @@ def _check_options(window: int, opts: FitOptions) -> None:
     ):
         if not 0.0 < share < 0.5:
             raise ConfigError(f"{name} must be between 0 and 0.5, got {share}")
+    if not 1 <= score_steps <= window:
+        raise ConfigError(f"--score-steps must lie between 1 and the window {window}")
+    check_series_score(series_score)
 
 
 def split_series(data: SeriesData, window: int, opts: FitOptions) -> WindowParts:
@@ -317,6 +287,22 @@ def split_series(data: SeriesData, window: int, opts: FitOptions) -> WindowParts
     )
     _check_window_counts(data, window, parts, opts)
     return parts
+
+
+def _split_with_false_positives(
+    data: SeriesData, window: int, opts: FitOptions, feedback: FeedbackLabels | None
+) -> tuple[WindowParts, np.ndarray]:
+    """`split_series`, then the false-positive windows (returned too) moved into training."""
+    parts = split_series(data, window, opts)
+    fp_windows = false_positive_windows(parts, data, feedback)
+    if fp_windows.size:
+        parts = replace(
+            parts,
+            train=np.union1d(parts.train, fp_windows),
+            validation=np.setdiff1d(parts.validation, fp_windows),
+            calibration=np.setdiff1d(parts.calibration, fp_windows),
+        )
+    return parts, fp_windows
 
 
 def _check_window_counts(
@@ -369,6 +355,31 @@ def even_subsample(selection: np.ndarray, limit: int) -> np.ndarray:
         return selection
     picks = np.linspace(0, selection.size - 1, limit).round().astype(np.int64)
     return selection[np.unique(picks)]
+
+
+def _training_subsample(train: np.ndarray, fp_windows: np.ndarray, limit: int) -> np.ndarray:
+    """The training windows that feed the gradient steps: `even_subsample` of ``train``."""
+    trained_on = even_subsample(train, limit)
+    if fp_windows.size:  # false positives always train: the subsample could drop some
+        rest = np.setdiff1d(train, fp_windows)
+        trained_on = np.union1d(even_subsample(rest, max(1, limit - fp_windows.size)), fp_windows)
+    return trained_on
+
+
+def _with_score_scales(
+    inputs: WindowInputs, model: keras.Model, series_score: SeriesScore, window_keys: np.ndarray
+) -> WindowInputs:
+    """``inputs`` with the channel scales ``series_score`` learns (both None for a mean score)."""
+    parts = inputs.parts
+    scales, key_scales = fit_series_score_scales(
+        series_score,
+        lambda selection: inputs.element_errors(model, selection),
+        parts.validation,
+        parts.calibration,
+        window_keys,
+        inputs.score_steps,
+    )
+    return replace(inputs, channel_scales=scales, key_channel_scales=key_scales)
 
 
 def _metrics(
