@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_contract.key_codes import key_codes
+
 NORMALISER_FORMAT = "key-mean-std/1"
 DEFAULT_WARMUP_RECORDS = 64
 DEFAULT_MIN_STD_SHARE = 0.01
@@ -161,13 +163,12 @@ class KeyNormaliser:
         """Rows ``x`` (rows, channels), one key per row, each normalised with its key's
         statistics, vectorised (offline). KeyError names the first key without statistics."""
         values = np.asarray(x, dtype=np.float64)
-        names, codes = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
-        missing = [str(k) for k in names if str(k) not in self._mean]
+        names, codes = key_codes(keys)
+        missing = [k for k in names if k not in self._mean]
         if missing:
             raise KeyError(f"key {missing[0]!r} has no statistics yet (warming)")
-        means = np.stack([self._mean[str(k)] for k in names])
-        stds = np.stack([self._std[str(k)] for k in names])
-        codes = codes.reshape(-1)
+        means = np.stack([self._mean[k] for k in names])
+        stds = np.stack([self._std[k] for k in names])
         return (values - means[codes]) / stds[codes]
 
     # ----------------------------------------------------------------------------------------

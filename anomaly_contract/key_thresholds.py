@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_contract.key_codes import key_codes
+
 THRESHOLDS_FORMAT = "key-percentile/1"
 MIN_WINDOWS_FLOOR = 20
 
@@ -45,9 +47,9 @@ class KeyThresholds:
 
     def thresholds_for(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """One threshold per entry of ``keys`` (vectorised over distinct keys)."""
-        names, codes = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
-        table = np.array([self.threshold(str(k)) for k in names], dtype=np.float64)
-        return table[codes.reshape(-1)] if len(names) else np.zeros(0)
+        names, codes = key_codes(keys)
+        table = np.array([self.threshold(k) for k in names], dtype=np.float64)
+        return table[codes] if names else np.zeros(0)
 
     def relative_scores(self, errors: np.ndarray, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """Errors divided by their key's threshold: one scale for all keys, anomalous above 1."""

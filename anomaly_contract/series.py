@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anomaly_contract.artifact import feature_errors
+from anomaly_contract.key_codes import key_codes
 from anomaly_contract.key_normaliser import KeyNormaliser
 from anomaly_contract.key_thresholds import KeyThresholds
 from anomaly_contract.windows import (
@@ -143,10 +144,10 @@ def normalise_windows(
     key_column = np.asarray(keys, dtype=object).reshape(-1)
     if values.shape[0] == 0:
         return values.copy()
-    names, codes = np.unique(key_column, return_inverse=True)
-    stats = [normaliser.statistics(str(k)) for k in names]
-    means = np.stack([m for m, _ in stats])[codes.reshape(-1)][:, None, :]
-    stds = np.stack([s for _, s in stats])[codes.reshape(-1)][:, None, :]
+    names, codes = key_codes(key_column)
+    stats = [normaliser.statistics(k) for k in names]
+    means = np.stack([m for m, _ in stats])[codes][:, None, :]
+    stds = np.stack([s for _, s in stats])[codes][:, None, :]
     return (values - means) / stds
 
 
@@ -222,11 +223,11 @@ class SeriesModel:
         key_column = np.asarray(keys, dtype=object).reshape(-1)
         if not self.key_channel_scales:
             return np.broadcast_to(self.channel_scales, (key_column.shape[0], self.channels))
-        names, codes = np.unique(key_column, return_inverse=True)
+        names, codes = key_codes(key_column)
         table = np.stack(
-            [self.key_channel_scales.get(str(k), self.channel_scales) for k in names]
+            [self.key_channel_scales.get(k, self.channel_scales) for k in names]
         ).reshape(len(names), self.channels)
-        return table[codes.reshape(-1)]
+        return table[codes]
 
     @property
     def warmup_records(self) -> int:

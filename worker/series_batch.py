@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -92,21 +92,24 @@ def usable_keys(
 ) -> UsableRows:
     """The decoded records with a usable series key (`UsableRows`)."""
     positions = decoded.valid_index
+    found = series_keys(records, positions, key_field)
+    if not any(isinstance(key, DecodeError) for key in found):
+        chosen = [records[p] for p in positions]
+        rows = np.arange(len(positions), dtype=np.int64)
+        return UsableRows(cast("list[str]", found), rows, chosen, [])
     keys: list[str] = []
-    rows: list[int] = []
-    chosen: list[InRecord] = []
+    picked: list[int] = []
+    chosen = []
     errors: list[tuple[int, DecodeError]] = []
-    for j, key in enumerate(series_keys(records, positions, key_field)):
+    for j, key in enumerate(found):
         position = positions[j]
         if isinstance(key, DecodeError):
             errors.append((position, key))
         else:
             keys.append(key)
-            rows.append(j)
+            picked.append(j)
             chosen.append(records[position])
-    if not errors:
-        return UsableRows(keys, np.arange(len(positions), dtype=np.int64), chosen, errors)
-    return UsableRows(keys, np.array(rows, dtype=np.int64), chosen, errors)
+    return UsableRows(keys, np.array(picked, dtype=np.int64), chosen, errors)
 
 
 @dataclass

@@ -53,5 +53,8 @@ def series_keys(
 ) -> list[str | DecodeError]:
     """The key (or why there is none) of ``records[p]`` for each ``p`` in ``positions``."""
     if key_field is None:
-        return [record_key(records[p]) for p in positions]
+        try:  # the common case, every record keyed with UTF-8 bytes, without a call per record
+            return [records[p].key.decode("utf-8") for p in positions]  # type: ignore[union-attr]
+        except (AttributeError, UnicodeDecodeError):  # a keyless record, a bad key, a memoryview
+            return [record_key(records[p]) for p in positions]
     return [field_key(records[p], key_field) for p in positions]
