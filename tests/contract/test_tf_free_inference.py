@@ -29,7 +29,6 @@ from tests.contract.tf_free_models import (
     SERIES_ARCHITECTURES,
     digits_rows,
     machines_series,
-    publish_architecture,
 )
 
 RTOL, ATOL = 1e-5, 1e-7  # as the round-trip contract: relative 1e-5, absolute floor for ~0 scores
@@ -39,9 +38,8 @@ ONNX_SERVES = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tf-free")
-    return {name: publish_architecture(name, root / name) for name in ALL_ARCHITECTURES}
+def published(tf_free_published: dict[str, Path]) -> dict[str, Path]:
+    return tf_free_published
 
 
 def _expected_runtime(name: str) -> str:

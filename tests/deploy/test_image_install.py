@@ -26,7 +26,6 @@ from anomaly_contract import artifact
 from tests.contract.tf_free_models import (
     ALL_ARCHITECTURES,
     GRAPH_ARCHITECTURES,
-    publish_architecture,
 )
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -179,10 +178,10 @@ print(json.dumps(out))
 
 
 def test_worker_install_scores_every_architecture_without_tensorflow(
-    worker_venv: Path, tmp_path: Path
+    worker_venv: Path, tmp_path: Path, tf_free_published: dict[str, Path]
 ) -> None:
     # Published by this test process's trainer (the dev environment has the training extra).
-    dirs = {name: str(publish_architecture(name, tmp_path / name)) for name in ALL_ARCHITECTURES}
+    dirs = {name: str(path) for name, path in tf_free_published.items()}
     code = _SCORE_EVERY_VERSION % (TRAINING_ONLY,)
     proc = _run(worker_venv, "worker", "python", "-c", code, json.dumps(dirs), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
