@@ -25,6 +25,7 @@ the test normals: the same oracle for every method).
     python benchmarks/quality_series.py                           # both families, 3 seeds
     python benchmarks/quality_series.py --families machines --seeds 1 --architectures dense,lstm
     python benchmarks/quality_series.py --only-windowed --architectures conv1d,sparse-conv1d
+    python benchmarks/quality_series.py --only-windowed --architectures conv1d,conv1d:16x8  # --hidden 16,8
     python benchmarks/quality_series.py --baselines rolling-z,pyod-lstmad --lstmad-epochs 10
     python benchmarks/quality_series.py --series-scores channel-max --score-variants \
         --baselines rolling-z,pyod-lstmad --lstmad-epochs 20   # the score rules on one network
@@ -118,19 +119,25 @@ def _rows(data: SeriesData, mask: np.ndarray) -> SeriesData:
 SPARSITY = 1e-3  # "sparse-conv1d" etc.: the architecture with --sparsity (the sparse autoencoder)
 
 
+def network_options(name: str, **fit: object) -> FitOptions:
+    """`FitOptions` for an architecture ``name``: ``sparse-`` before it adds ``--sparsity
+    SPARSITY``, ``:16x8`` after it sets ``--hidden 16,8`` (conv filters or layer widths)."""
+    name, _, hidden = name.partition(":")
+    return FitOptions(
+        architecture=name.removeprefix("sparse-"),  # type: ignore[arg-type]
+        sparsity=SPARSITY if name.startswith("sparse-") else None,
+        hidden=tuple(int(h) for h in hidden.split("x")) if hidden else None,
+        **fit,  # type: ignore[arg-type]
+    )
+
+
 def windowed(
     run: Run, name: str, series_score: SeriesScore, score_variants: bool = False
 ) -> Scores:
-    """``name`` is an architecture, or ``sparse-`` and one (with ``--sparsity SPARSITY``);
-    ``series_score`` how `fit --window --series-score` turns element errors into the score.
+    """``name`` is an architecture as `network_options` reads it; ``series_score`` how `fit --window --series-score` turns element errors into the score.
     With ``score_variants``, the same network's test rows are also scored under the other
     rules of `SCORE_RULES`, each with per-key thresholds refitted on its calibration scores."""
-    options = FitOptions(
-        architecture=name.removeprefix("sparse-"),  # type: ignore[arg-type]
-        epochs=run.epochs,
-        seed=run.seed,
-        sparsity=SPARSITY if name.startswith("sparse-") else None,
-    )
+    options = network_options(name, epochs=run.epochs, seed=run.seed)
     started = time.perf_counter()
     trained = fit_series_model(
         run.fit_data,
@@ -421,8 +428,7 @@ def scoring_speed(architecture: str, window: int, batch: int = 500, n: int = 20_
     """Windows scored per second by `SeriesModel.score_windows` in batches of ``batch`` (a
     worker's micro-batch), for a briefly trained model of ``architecture`` (3 channels)."""
     data = load_series("builtin:machines?keys=4&length=400", key_column="key", time_column="t")
-    options = FitOptions(architecture=architecture, epochs=1)  # type: ignore[arg-type]
-    trained = fit_series_model(data, window, options, quiet=True)
+    trained = fit_series_model(data, window, network_options(architecture, epochs=1), quiet=True)
     with tempfile.TemporaryDirectory() as model_dir:
         series = load_bundle(model_dir, publish_model(trained, model_dir)).series
         windows = np.random.default_rng(0).normal(size=(n, window, 3)) * 3 + 40
