@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FEATURES, anomalous_rows, correlated_rows, write_csv
+from trainer_rows import FEATURES, anomalous_rows, correlated_rows, write_csv
 
 from anomaly_contract.model_dir import load_bundle
 from trainer.cli import main

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FEATURES, anomalous_rows, correlated_rows
+from trainer_rows import FEATURES, anomalous_rows, correlated_rows
 
 from anomaly_contract.model_dir import load_bundle
 from trainer.cli import main

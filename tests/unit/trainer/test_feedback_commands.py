@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import anomalous_rows, correlated_rows
+from trainer_rows import anomalous_rows, correlated_rows
 
 from anomaly_contract.key_thresholds import KeyThresholds
 from anomaly_contract.model_dir import current_version, load_bundle

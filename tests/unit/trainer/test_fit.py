@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import FEATURES, QUICK, correlated_rows
+from trainer_rows import FEATURES, QUICK, correlated_rows
 
 from anomaly_contract import artifact
 from anomaly_contract.errors import ConfigError, DataError

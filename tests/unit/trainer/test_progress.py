@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FEATURES, correlated_rows, write_csv
+from trainer_rows import FEATURES, correlated_rows, write_csv
 
 from trainer import progress
 from trainer.progress import START_DELAY_S, SUMMARY_INTERVAL_S, SummaryLines, silenced, track

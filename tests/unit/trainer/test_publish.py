@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FEATURES, QUICK, anomalous_rows, correlated_rows
+from trainer_rows import FEATURES, QUICK, anomalous_rows, correlated_rows
 
 from anomaly_contract.model_dir import current_version, list_versions, load_bundle, load_version_dir
 from trainer.cli import main
@@ -93,7 +93,7 @@ PUBLISH_LOOP = textwrap.dedent(
     """
     import sys, numpy as np
     sys.path.insert(0, {tests!r})
-    from conftest import correlated_rows, FEATURES
+    from trainer_rows import correlated_rows, FEATURES
     from trainer.fit import FitOptions, fit_model
     from trainer.publish import publish_model
     x = correlated_rows(120)

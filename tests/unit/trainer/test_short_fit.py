@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import FEATURES, correlated_rows, write_csv
+from trainer_rows import FEATURES, correlated_rows, write_csv
 
 from anomaly_contract.errors import ConfigError
 from anomaly_contract.model_dir import load_bundle

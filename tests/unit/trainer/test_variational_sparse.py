@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FEATURES, QUICK, correlated_rows
+from trainer_rows import FEATURES, QUICK, correlated_rows
 
 from anomaly_contract.errors import ConfigError
 from anomaly_contract.model_dir import load_bundle
