@@ -105,15 +105,17 @@ class _Silent(_Closing):
         pass
 
 
-def _columns(stream: Any) -> int:
-    """The terminal's width; a terminal that reports none (a fresh pty is 0 x 0) gets 100, since
-    tqdm draws an empty bar at width 0."""
+def _terminal_size(stream: Any) -> tuple[int, int]:
+    """The terminal's columns and lines. A terminal that reports none (a fresh pty is 0 x 0)
+    gets 100 x 24: tqdm draws an empty bar at width 0, and at 0 lines it takes the height
+    as -1 and draws nothing at all (the bar is below the bottom of the screen)."""
     import os
 
     try:
-        return os.get_terminal_size(stream.fileno()).columns or 100
+        size = os.get_terminal_size(stream.fileno())
     except (AttributeError, OSError, ValueError):
-        return 100
+        return 100, 24
+    return size.columns or 100, size.lines or 24
 
 
 class _Bar(_Closing):
@@ -122,9 +124,11 @@ class _Bar(_Closing):
     def __init__(self, desc: str, total: int, *, unit: str, unit_scale: bool, stream: Any) -> None:
         from tqdm import tqdm
 
+        columns, lines = _terminal_size(stream)
         self._bar = tqdm(
             total=total,
-            ncols=_columns(stream),
+            ncols=columns,
+            nrows=lines,
             desc=desc,
             unit=unit,
             unit_scale=unit_scale,

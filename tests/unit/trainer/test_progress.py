@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -141,18 +142,12 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="draws no bar in some full-suite runs (2 of 4 clean-clone runs on 2026-12-02) though it"
-    " passes alone (8 of 8 runs, also under load); cause not found yet. The bar's drawing is"
-    " checked without timing by test_a_terminal_stream_gets_a_bar_redrawn_in_place",
-)
 def test_a_terminal_gets_a_redrawn_bar(data_csv: Path, tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        # 300 epochs (the later flags win): 30 can all end within the bar's 1 s delay on a fast
+        # 100 epochs (the later flags win): 30 can all end within the bar's 1 s delay on a fast
         # machine once the first epoch's tracing is done, and then no bar is drawn at all
-        _fit_command(data_csv, tmp_path / "m", *HOLDOUT, "--epochs", "300", "--patience", "300"),
+        _fit_command(data_csv, tmp_path / "m", *HOLDOUT, "--epochs", "100", "--patience", "100"),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=follower,
@@ -175,9 +170,12 @@ def test_a_terminal_gets_a_redrawn_bar(data_csv: Path, tmp_path: Path) -> None:
     os.close(leader)
     assert proc.wait(timeout=60) == 0
     err = b"".join(chunks).decode(errors="replace")
-    assert "training" in err and "\r" in err, err
-    assert "loss" in err and "val_loss" in err and "<" in err  # figures, elapsed<remaining
-    assert err.count("\r") >= 2, err  # redrawn in place ...
+    # A pty turns every "\n" into "\r\n", and TensorFlow's own log lines hold "<": neither may
+    # pass for a bar (until 2026-12-03 they did, while a 0 x 0 pty made tqdm draw nothing).
+    frames = [frame for frame in re.split(r"\r(?!\n)", err) if "epoch" in frame]
+    assert len(frames) >= 3, err  # drawn, then redrawn in place at least twice ...
+    drawn = [f for f in frames if re.search(r"\d+/100 \[\d\d:\d\d<", f) and "val_loss" in f]
+    assert drawn, err  # ... with count/total, elapsed<remaining and the figures
     epoch_lines = [line for line in err.split("\n") if "epoch" in line]
     assert len(epoch_lines) <= 6, epoch_lines  # ... not one line per epoch
 
