@@ -25,7 +25,8 @@ the test normals: the same oracle for every method).
     python benchmarks/quality_series.py                           # both families, 3 seeds
     python benchmarks/quality_series.py --families machines --seeds 1 --architectures dense,lstm
     python benchmarks/quality_series.py --only-windowed --architectures conv1d,sparse-conv1d
-    python benchmarks/quality_series.py --only-windowed --architectures conv1d,conv1d:16x8  # --hidden 16,8
+    python benchmarks/quality_series.py --only-windowed --architectures conv1d,conv1d:16x8
+        # (conv1d:16x8 is conv1d with --hidden 16,8)
     python benchmarks/quality_series.py --baselines rolling-z,pyod-lstmad --lstmad-epochs 10
     python benchmarks/quality_series.py --series-scores channel-max --score-variants \
         --baselines rolling-z,pyod-lstmad --lstmad-epochs 20   # the score rules on one network
@@ -134,9 +135,10 @@ def network_options(name: str, **fit: object) -> FitOptions:
 def windowed(
     run: Run, name: str, series_score: SeriesScore, score_variants: bool = False
 ) -> Scores:
-    """``name`` is an architecture as `network_options` reads it; ``series_score`` how `fit --window --series-score` turns element errors into the score.
-    With ``score_variants``, the same network's test rows are also scored under the other
-    rules of `SCORE_RULES`, each with per-key thresholds refitted on its calibration scores."""
+    """``name`` is an architecture as `network_options` reads it; ``series_score`` how
+    `fit --window --series-score` turns element errors into the score. With
+    ``score_variants``, the same network's test rows are also scored under the other rules of
+    `SCORE_RULES`, each with per-key thresholds refitted on its calibration scores."""
     options = network_options(name, epochs=run.epochs, seed=run.seed)
     started = time.perf_counter()
     trained = fit_series_model(
