@@ -12,8 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# What `key_codes` returns: the distinct keys and each entry's index among them.
+KeyCodes = tuple[list[str], np.ndarray]
 
-def key_codes(keys: Sequence[str] | np.ndarray) -> tuple[list[str], np.ndarray]:
+
+def key_codes(keys: Sequence[str] | np.ndarray) -> KeyCodes:
     """``(names, codes)``: the distinct keys, first seen first, and for each entry of ``keys``
     (flattened) the index of its key in ``names`` (int64)."""
     column = np.asarray(keys, dtype=object).reshape(-1).tolist()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_contract.key_codes import key_codes
+from anomaly_contract.key_codes import KeyCodes, key_codes
 
 THRESHOLDS_FORMAT = "key-percentile/1"
 MIN_WINDOWS_FLOOR = 20
@@ -45,9 +45,12 @@ class KeyThresholds:
         """The threshold for ``key``: its own, or the pooled one."""
         return self.per_key.get(key, self.pooled)
 
-    def thresholds_for(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
-        """One threshold per entry of ``keys`` (vectorised over distinct keys)."""
-        names, codes = key_codes(keys)
+    def thresholds_for(
+        self, keys: Sequence[str] | np.ndarray, coded: KeyCodes | None = None
+    ) -> np.ndarray:
+        """One threshold per entry of ``keys`` (vectorised over distinct keys; ``coded``:
+        ``key_codes(keys)``, when the caller has it already)."""
+        names, codes = coded if coded is not None else key_codes(keys)
         table = np.array([self.threshold(k) for k in names], dtype=np.float64)
         return table[codes] if names else np.zeros(0)
 

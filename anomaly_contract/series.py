@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anomaly_contract.artifact import feature_errors
-from anomaly_contract.key_codes import key_codes
+from anomaly_contract.key_codes import KeyCodes, key_codes
 from anomaly_contract.key_normaliser import KeyNormaliser
 from anomaly_contract.key_thresholds import KeyThresholds
 from anomaly_contract.windows import (
@@ -137,14 +137,17 @@ class RowWindows:
 
 
 def normalise_windows(
-    windows: np.ndarray, keys: Sequence[str] | np.ndarray, normaliser: KeyNormaliser
+    windows: np.ndarray,
+    keys: Sequence[str] | np.ndarray,
+    normaliser: KeyNormaliser,
+    coded: KeyCodes | None = None,
 ) -> np.ndarray:
-    """Raw windows (n, W, C) -> ``(x - mean_k) / std_k`` with each window's key statistics."""
+    """Raw windows (n, W, C) -> ``(x - mean_k) / std_k`` with each window's key statistics
+    (``coded``: ``key_codes(keys)``, when the caller has it already)."""
     values = np.asarray(windows, dtype=np.float64)
-    key_column = np.asarray(keys, dtype=object).reshape(-1)
     if values.shape[0] == 0:
         return values.copy()
-    names, codes = key_codes(key_column)
+    names, codes = coded if coded is not None else key_codes(keys)
     stats = [normaliser.statistics(k) for k in names]
     means = np.stack([m for m, _ in stats])[codes][:, None, :]
     stds = np.stack([s for _, s in stats])[codes][:, None, :]
@@ -215,15 +218,17 @@ class SeriesModel:
         self.normaliser = KeyNormaliser.from_json(params.normaliser)
         self.thresholds = KeyThresholds.from_json(params.thresholds)
 
-    def channel_scales_for(self, keys: Sequence[str] | np.ndarray) -> np.ndarray | None:
+    def channel_scales_for(
+        self, keys: Sequence[str] | np.ndarray, coded: KeyCodes | None = None
+    ) -> np.ndarray | None:
         """The channel scales of each window's key (n, C): its own, or the pooled ones; None
-        for a mean score."""
+        for a mean score (``coded``: ``key_codes(keys)``, when the caller has it already)."""
         if self.channel_scales is None:
             return None
-        key_column = np.asarray(keys, dtype=object).reshape(-1)
         if not self.key_channel_scales:
-            return np.broadcast_to(self.channel_scales, (key_column.shape[0], self.channels))
-        names, codes = key_codes(key_column)
+            n = len(coded[1]) if coded is not None else np.asarray(keys, dtype=object).size
+            return np.broadcast_to(self.channel_scales, (n, self.channels))
+        names, codes = coded if coded is not None else key_codes(keys)
         table = np.stack(
             [self.key_channel_scales.get(k, self.channel_scales) for k in names]
         ).reshape(len(names), self.channels)
@@ -269,13 +274,15 @@ class SeriesModel:
                 np.zeros((0, *shape), dtype=np.float64),
                 np.zeros((0, self.channels), dtype=np.float64),
             )
-        normalised = normalise_windows(values, key_column, normaliser)
+        coded = key_codes(key_column)  # once: statistics, channel scales and thresholds share it
+        normalised = normalise_windows(values, key_column, normaliser, coded)
         rec = self.reconstruct(normalised)
         errors = feature_errors(normalised, rec, self.bundle.manifest.error)
-        scales = self.channel_scales_for(key_column)
+        scales = self.channel_scales_for(key_column, coded)
         scores = window_scores(errors, self.score_steps, scales)
         per_channel = channel_errors(errors, self.score_steps, scales)
-        return SeriesScores(scores, self.thresholds.thresholds_for(key_column), errors, per_channel)
+        thresholds = self.thresholds.thresholds_for(key_column, coded)
+        return SeriesScores(scores, thresholds, errors, per_channel)
 
     def row_windows(self, x: np.ndarray, keys: Any = None, order: Any = None) -> RowWindows:
         """The window of every row that a worker would score: rows ``x`` (rows, C), ``keys`` one
