@@ -109,6 +109,22 @@ class FeedbackSummary(_Strict):
 
 
 ScoreError = Literal["mse", "mae"]
+# How a point model's per-feature errors become a row's score: their "mean" (images, and every
+# version published before the choice), or "feature_max": each feature's error divided by its
+# scale (``Manifest.feature_scales``, the feature's mean error on the training rows), then the
+# largest. On tables the network rebuilds some features (strongly correlated ones) far better
+# than others; a plain mean lets the poorly rebuilt ones drown a deviation in a well rebuilt one.
+PointScore = Literal["mean", "feature_max"]
+
+
+def row_scores(feature_errors: np.ndarray, feature_scales: np.ndarray | None) -> np.ndarray:
+    """Rows' scores (n,) from their per-feature errors (n, f): the mean without scales
+    (``"mean"``), else the largest scaled error (``"feature_max"``)."""
+    if feature_scales is None:
+        return feature_errors.mean(axis=1, dtype=np.float64)
+    if feature_errors.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
+    return (feature_errors / feature_scales).max(axis=1)
 
 
 def feature_errors(xs: np.ndarray, rec: np.ndarray, error: ScoreError) -> np.ndarray:
@@ -200,6 +216,9 @@ class Manifest(_Strict):
     # How a record's per-feature reconstruction errors are measured; the score is their mean.
     # Versions written before this field existed used squared errors, hence the default.
     error: ScoreError = "mse"
+    # How those errors become the score (see `PointScore`); point models only.
+    score: PointScore = "mean"
+    feature_scales: list[float] | None = None
     denoise: float | None = None
     threshold: float
     percentile: float
@@ -214,9 +233,38 @@ class Manifest(_Strict):
     series: SeriesParams | None = None
     feedback: FeedbackSummary | None = None
 
+    @model_validator(mode="after")
+    def _scales_match_the_score(self) -> Manifest:
+        if self.score == "feature_max":
+            scales = self.feature_scales or []
+            if len(scales) != len(self.feature_names) or self.series is not None:
+                raise ValueError("score 'feature_max' needs one scale per feature (point models)")
+            if not all(math.isfinite(v) and v > 0 for v in scales):
+                raise ValueError("score 'feature_max' needs positive finite feature_scales")
+        elif self.feature_scales is not None:
+            raise ValueError("feature_scales belong to score 'feature_max' only")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _mean_is_written_as_before(self, handler: Any) -> Any:
+        # A "mean" manifest is written without the score fields, as before they existed, so a
+        # worker of an older release (extra="forbid") still loads it.
+        data = handler(self)
+        if isinstance(data, dict) and self.score == "mean":
+            data.pop("score", None)
+            data.pop("feature_scales", None)
+        return data
+
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def point_feature_scales(self) -> np.ndarray | None:
+        """The scales `row_scores` divides by, or None for a mean score."""
+        if self.score != "feature_max" or self.feature_scales is None:
+            return None
+        return np.asarray(self.feature_scales, dtype=np.float64)
 
     @property
     def input_size(self) -> int:
@@ -275,9 +323,12 @@ class Scaler:
 class ScoreResult:
     """Per-record anomaly scores and the per-feature errors they average."""
 
-    # (n,) float64: mean reconstruction error in scaled space (squared or absolute: manifest.error)
+    # (n,) float64: the reconstruction error in scaled space (squared or absolute:
+    # manifest.error), reduced over the features by manifest.score (see `row_scores`)
     scores: np.ndarray
-    feature_errors: np.ndarray  # (n, n_features) float32
+    # (n, n_features) float32: what the score reduces, each feature's error (divided by its
+    # scale for "feature_max", so the top feature is the one that set the score)
+    feature_errors: np.ndarray
 
     def is_anomaly(self, threshold: float) -> np.ndarray:
         return self.scores > threshold
@@ -388,6 +439,10 @@ class ModelBundle:
         xs = self.scaler.transform(x)
         rec = self.reconstruct_scaled(xs)
         fe = feature_errors(xs, rec, self.manifest.error)
+        scales = self.manifest.point_feature_scales
+        if scales is not None:
+            fe /= scales
+            return ScoreResult(scores=fe.max(axis=1), feature_errors=fe.astype(np.float32))
         return ScoreResult(scores=fe.mean(axis=1), feature_errors=fe.astype(np.float32))
 
     def encode(self, x: np.ndarray) -> np.ndarray:

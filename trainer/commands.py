@@ -121,8 +121,10 @@ def _fit(args: argparse.Namespace, kafka: KafkaConnection) -> int:
     if args.window is not None:
         from trainer.commands_series import fit_series
 
-        if args.short_fit != "off":
-            raise ConfigError("--short-fit applies to point models: leave it out with --window")
+        for flag, default in (("short_fit", "off"), ("point_score", "auto")):
+            if getattr(args, flag) != default:
+                name = "--" + flag.replace("_", "-")
+                raise ConfigError(f"{name} applies to point models: leave it out with --window")
         return fit_series(args, _fit_options(args, None), kafka, read)
     _refuse_series_flags(args, "fit needs --window W for")
     ds = _load(args.data, args, kafka, image_shape=args.image_shape, min_rows=None)
@@ -255,6 +257,7 @@ def _fit_options(args: argparse.Namespace, image_shape: Any) -> Any:
         error=args.error,
         seed=args.seed,
         short_fit=args.short_fit,
+        score=None if args.point_score == "auto" else args.point_score.replace("-", "_"),
     )
 
 

@@ -11,7 +11,12 @@ import numpy as np
 from anomaly_contract import artifact
 from trainer.models import ModelSpec
 from trainer.progress import Progress
-from trainer.training import epoch_progress, reconstruction_errors, train_network
+from trainer.training import (
+    epoch_progress,
+    feature_error_scales,
+    reconstruction_errors,
+    train_network,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainer.fit import FitOptions
@@ -43,6 +48,8 @@ def cross_fitted_errors(
     epochs: int,
     folds: int = CROSS_FIT_FOLDS,
     progress: Progress | None = None,
+    *,
+    score: artifact.PointScore = "mean",
 ) -> np.ndarray:
     """Out-of-fold reconstruction errors of every normal row, in the rows' order.
 
@@ -51,7 +58,8 @@ def cross_fitted_errors(
     to validation) and score the held-out fold. Every error comes from a model that never saw its
     row, like a calibration row's, but there are ``n`` of them instead of ~15 % of ``n``. With 3
     folds each network trains on 2/3 of the rows, close to the final model's 70 %. ``progress``
-    advances once per epoch of every fold.
+    advances once per epoch of every fold. With ``score`` "feature_max" each network scores
+    with scales from its own training rows, as the final one does.
     """
     n = x_normal.shape[0]
     fold_of = cross_fit_folds(n, folds, opts.seed)
@@ -70,7 +78,11 @@ def cross_fitted_errors(
             callbacks=[epoch_progress(progress)] if progress is not None else [],
             fresh_session=False,  # the final model is alive; keep its layer names untouched
         )
+        scales = None
+        if score == "feature_max":
+            trained_on = scaler.transform(x_normal[rest])
+            scales = feature_error_scales(model, trained_on, spec.input_shape, error)
         errors[held] = reconstruction_errors(
-            model, scaler.transform(x_normal[held]), spec.input_shape, error
+            model, scaler.transform(x_normal[held]), spec.input_shape, error, feature_scales=scales
         )
     return errors

@@ -88,8 +88,10 @@ def build_manifest(
     source: str,
     metrics: dict[str, float],
     notes: list[str],
+    feature_scales: np.ndarray | None = None,
 ) -> artifact.Manifest:
-    """The unpublished manifest: what was trained on what, with which settings and results."""
+    """The unpublished manifest: what was trained on what, with which settings and results
+    (``feature_scales``: the "feature_max" score's)."""
     spec, method = choices.spec, choices.method
     hyper: dict[str, Any] = {
         **{k: v for k, v in asdict(opts).items() if k not in ("image_shape",)},
@@ -102,6 +104,7 @@ def build_manifest(
         "epochs": choices.epochs,  # the budget trained with: less than asked with a short fit
         "calibration": method,
         "error": choices.error,
+        "score": choices.score,
         "denoise": spec.denoise,
         "sparsity": spec.sparsity,
         **({"kl_weight": spec.kl_weight} if spec.architecture == "vae" else {}),
@@ -117,6 +120,8 @@ def build_manifest(
         latent_dim=spec.latent,
         loss=spec.loss,
         error=choices.error,
+        score=choices.score,
+        feature_scales=None if feature_scales is None else [float(v) for v in feature_scales],
         denoise=spec.denoise,
         threshold=threshold.value,
         percentile=opts.percentile,

@@ -95,6 +95,7 @@ def calibrate_threshold(
                 training.best_epoch,
                 choices.folds,
                 progress,
+                score=choices.score,
             )
         rows = split.normal
     else:
@@ -104,6 +105,7 @@ def calibrate_threshold(
         training.scaled[split.false_positive],
         choices.spec.input_shape,
         choices.error,
+        feature_scales=training.feature_scales,
     )
     if choices.method == "cross_fit" and split.false_positive.size:
         # Out of the percentile (see trainer.fit_feedback): only the raise below calibrates on them.

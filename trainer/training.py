@@ -103,10 +103,12 @@ def reconstruction_errors(
     error: artifact.ScoreError,
     *,
     reduce: bool = True,
+    feature_scales: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Mean reconstruction error per row in scaled space: the same formula as ``ModelBundle.score``.
+    """Each row's score in scaled space, the same formula as ``ModelBundle.score``: the mean
+    reconstruction error, or with ``feature_scales`` the largest scaled one (`row_scores`).
 
-    ``reduce=False`` returns the per-value errors (rows, values) instead of their mean."""
+    ``reduce=False`` returns the per-value errors (rows, values) instead, unscaled."""
     width = xs.shape[1] if xs.ndim == 2 else 1
     out = np.empty((xs.shape[0], width) if not reduce else xs.shape[0], dtype=np.float64)
     for start in range(0, xs.shape[0], artifact.SCORE_CHUNK_ROWS):
@@ -114,8 +116,24 @@ def reconstruction_errors(
         rec = np.asarray(model(chunk.reshape(-1, *input_shape), training=False))
         fe = artifact.feature_errors(chunk, rec.reshape(chunk.shape[0], -1), error)
         stop = start + chunk.shape[0]
-        out[start:stop] = fe.mean(axis=1, dtype=np.float64) if reduce else fe
+        out[start:stop] = artifact.row_scores(fe, feature_scales) if reduce else fe
     return out
+
+
+# A feature the network rebuilds almost exactly would make any error in it huge after scaling:
+# its scale is at least this share of the features' mean scale.
+FEATURE_SCALE_FLOOR = 0.05
+
+
+def feature_error_scales(
+    model: keras.Model, xs_train: np.ndarray, input_shape: Sequence[int], error: artifact.ScoreError
+) -> np.ndarray:
+    """The ``feature_max`` score's scales: each feature's mean error over the rows the network
+    trained on, floored at ``FEATURE_SCALE_FLOOR`` of their mean (and above zero)."""
+    fe = reconstruction_errors(model, xs_train, input_shape, error, reduce=False)
+    scales = fe.mean(axis=0)
+    floor = max(FEATURE_SCALE_FLOOR * float(scales.mean()), 1e-12)
+    return np.maximum(scales, floor)
 
 
 def library_versions() -> dict[str, str]:
