@@ -34,8 +34,9 @@ against a point model, IsolationForest on windows, a rolling z-score and PyOD's 
 LSTMAD on keyed series; the options after it go to that script).
 
 ``--variants`` adds trainer variants next to the default, each trained and thresholded exactly like
-it on the same splits: ``vae`` (``--architecture vae``), ``sparse`` (``--sparsity 1e-3``) and
-``short-fit`` (``--short-fit on``: training stops after 20 epochs, issue 18's candidate for tables).
+it on the same splits: ``vae`` (``--architecture vae``), ``sparse`` (``--sparsity 1e-3``),
+``short-fit`` (``--short-fit on``: training stops after 20 epochs, issue 18's candidate for tables)
+and ``mean-score`` (``--point-score mean``: the score tables had before ``feature_max``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ from trainer.calibration import calibrate, outlier_fence  # noqa: E402
 from trainer.cross_fit import CROSS_FIT_FOLDS, cross_fit_folds  # noqa: E402
 from trainer.fit import FitOptions, fit_model, split_normal_rows  # noqa: E402
 from trainer.fit_threshold import calibration_method  # noqa: E402
-from trainer.training import reconstruction_errors  # noqa: E402
 
 TEST_SHARE = 0.3  # share of normal rows kept for the test set
 DEFAULT_SEEDS = 5
@@ -70,6 +70,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "vae": {"architecture": "vae"},
     "sparse": {"sparsity": 1e-3},
     "short-fit": {"short_fit": "on"},
+    "mean-score": {"score": "mean"},
 }
 # Outside baselines --baselines can choose from (the table's column name, the detector, whether
 # it needs PyOD).
@@ -178,11 +179,7 @@ def _autoencoder(case: Case, fit_rows: np.ndarray, test: np.ndarray, opts: FitOp
     """Train on ``fit_rows`` with ``opts``; ROC-AUC, F1 and FPR at its own threshold on ``test``."""
     names = [f"f{i}" for i in range(case.x.shape[1])]
     trained = fit_model(case.x[fit_rows], names, None, opts, quiet=True)
-    xs = trained.scaler.transform(case.x[test])
-    scores = reconstruction_errors(
-        trained.model, xs, trained.spec.input_shape, trained.manifest.error
-    )
-    return _metrics(case.labels[test], scores, trained.threshold)
+    return _metrics(case.labels[test], trained.scores(case.x[test]), trained.threshold)
 
 
 def _baseline(

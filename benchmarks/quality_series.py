@@ -75,7 +75,6 @@ from trainer.series_score_scales import (  # noqa: E402
     fit_channel_scales,
     fit_key_channel_scales,
 )
-from trainer.training import reconstruction_errors  # noqa: E402
 
 FIT_SHARE = 0.7
 TARGET_FPR = 0.02
@@ -294,11 +293,7 @@ def point_model(run: Run) -> Scores:
     started = time.perf_counter()
     trained = fit_model(fit.x, fit.channel_names, fit.labels, options, quiet=True)
     seconds = time.perf_counter() - started
-    xs = trained.scaler.transform(run.data.x)
-    errors = reconstruction_errors(
-        trained.model, xs, trained.spec.input_shape, trained.manifest.error
-    )
-    return Scores(errors / trained.threshold, seconds)
+    return Scores(trained.scores(run.data.x) / trained.threshold, seconds)
 
 
 def window_baseline(run: Run, detector: baselines.Detector) -> Scores:

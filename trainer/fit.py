@@ -129,6 +129,16 @@ class TrainedModel:
     def threshold(self) -> float:
         return self.manifest.threshold
 
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Raw rows' scores by this model, as its threshold was calibrated (and as the published
+        version scores them)."""
+        m = self.manifest
+        xs = self.scaler.transform(np.asarray(x, dtype=np.float64))
+        shape = self.spec.input_shape
+        return reconstruction_errors(
+            self.model, xs, shape, m.error, feature_scales=m.point_feature_scales
+        )
+
 
 @dataclass(frozen=True)
 class RowSplit:

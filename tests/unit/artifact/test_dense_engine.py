@@ -122,7 +122,7 @@ def test_absolute_error_scores_match_training_and_image_defaults(
 
     x = _rows(300)
     names = [f"f{i}" for i in range(x.shape[1])]
-    trained = fit(x, names, epochs=3, seed=0, error="mae")
+    trained = fit(x, names, epochs=3, seed=0, error="mae", score="mean")
     assert trained.manifest.error == "mae" and trained.manifest.hyperparameters["error"] == "mae"
     publish_model(trained, tmp_path / "mae")
     fast = load_bundle(tmp_path / "mae")
