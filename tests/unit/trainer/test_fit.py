@@ -141,15 +141,7 @@ def test_cross_fitted_threshold_is_exceeded_by_about_one_percent(n_normal: int) 
     """The documented meaning: ~1 % of unseen normal rows score above the p99 threshold."""
     trained = fit_model(correlated_rows(n_normal, seed=5), FEATURES, None, QUICK, quiet=True)
     assert trained.manifest.hyperparameters["calibration"] == "cross_fit"
-    unseen = trained.scaler.transform(correlated_rows(20_000, seed=6))
-    m = trained.manifest
-    errors = reconstruction_errors(
-        trained.model,
-        unseen,
-        trained.spec.input_shape,
-        m.error,
-        feature_scales=m.point_feature_scales,
-    )
+    errors = trained.scores(correlated_rows(20_000, seed=6))
     rate = float(np.mean(errors > trained.threshold))
     assert 0.002 <= rate <= 0.03, rate
 

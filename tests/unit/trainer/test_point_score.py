@@ -60,11 +60,7 @@ def test_a_published_feature_max_model_scores_as_it_was_calibrated(tmp_path: Pat
     rows = np.vstack([correlated_rows(50, seed=4), anomalous_rows(50, seed=5)])
     scored = bundle.score(rows)
     m = trained.manifest
-    xs = trained.scaler.transform(rows)
-    expected = reconstruction_errors(
-        trained.model, xs, trained.spec.input_shape, m.error, feature_scales=m.point_feature_scales
-    )
-    np.testing.assert_allclose(scored.scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(scored.scores, trained.scores(rows), rtol=1e-5)
     np.testing.assert_allclose(scored.feature_errors.max(axis=1), scored.scores, rtol=1e-6)
     assert scored.scores[50:].mean() > 10 * scored.scores[:50].mean()
     written = json.loads((bundle.path / "manifest.json").read_text())
@@ -86,14 +82,7 @@ def test_cross_fitting_scales_each_fold_network_by_its_own_rows() -> None:
     # and, fenced or not, each of them above the threshold.
     assert m.validation_metrics["calibration_outliers"] >= 2
     assert (trained.calibration_errors[200:] > m.threshold).all()
-    unseen = trained.scaler.transform(correlated_rows(20_000, seed=9))
-    errors = reconstruction_errors(
-        trained.model,
-        unseen,
-        trained.spec.input_shape,
-        m.error,
-        feature_scales=m.point_feature_scales,
-    )
+    errors = trained.scores(correlated_rows(20_000, seed=9))
     assert 0.002 <= float(np.mean(errors > m.threshold)) <= 0.03
 
 
