@@ -63,6 +63,16 @@ def plot_loss(path: Path, history: dict[str, list[float]], best_epoch: int, loss
 _ERROR_WORDS = {"mse": "mean squared", "mae": "mean absolute"}
 
 
+def score_words(error: str, score: str = "mean") -> str:
+    """What a point model's score is, in words (``error``: mse/mae, ``score``: its reduction)."""
+    if score == "feature_max":
+        kind = _ERROR_WORDS[error].split()[1]
+        return (
+            f"largest {kind} reconstruction error of a feature over its mean on the training rows"
+        )
+    return f"{_ERROR_WORDS[error]} reconstruction error"
+
+
 def plot_errors(
     path: Path,
     errors: np.ndarray,
@@ -70,6 +80,7 @@ def plot_errors(
     threshold: float,
     percentile: float,
     error: str = "mse",
+    score: str = "mean",
 ) -> None:
     plt = _plt()
     errors = np.maximum(np.asarray(errors, dtype=np.float64), 1e-12)
@@ -91,7 +102,7 @@ def plot_errors(
         label=f"threshold {threshold:.4g} (p{percentile:g})",
     )
     ax.set_xscale("log")
-    ax.set_xlabel(f"reconstruction error ({_ERROR_WORDS[error]}, scaled units, log)")
+    ax.set_xlabel(f"score: {score_words(error, score)} (scaled units, log)")
     ax.set_ylabel("rows")
     flagged_normal = float(np.mean(normal > threshold)) if normal.size else 0.0
     title = f"Held-out rows: {flagged_normal:.1%} of normal above threshold"
@@ -262,6 +273,7 @@ def write_report(
         manifest.threshold,
         manifest.percentile,
         manifest.error,
+        manifest.score,
     )
     written.append(out / "errors.png")
 
@@ -294,6 +306,7 @@ def write_report(
         "loss": manifest.loss,
         "denoise": manifest.denoise,
         "error": manifest.error,
+        "score": manifest.score,
         "threshold": manifest.threshold,
         "percentile": manifest.percentile,
         "calibration_basis": calibration_basis(manifest),
@@ -370,7 +383,7 @@ def _summary_md(s: dict[str, Any]) -> str:
         f"- model: {s['architecture']} autoencoder, {s['features']} features -> latent {s['latent_dim']}, "
         f"loss {s['loss']}"
         + (f", denoising (noise {s['denoise']:g})" if s["denoise"] else "")
-        + f"; score = {_ERROR_WORDS[s['error']]} reconstruction error",
+        + f"; score = {score_words(s['error'], s.get('score', 'mean'))}",
         f"- threshold: {s['threshold']:.6g} (the {s['percentile']:g}th percentile of "
         f"{s['calibration_basis']})",
         f"- rows: {r['total']} total, {r['train']} train, {r['validation']} validation, "

@@ -39,7 +39,10 @@ def test_tabular_report(published, tmp_path: Path) -> None:  # type: ignore[no-u
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["threshold"] == trained.threshold
     assert summary["report_anomalies"] == 30
-    assert "![errors.png](errors.png)" in (tmp_path / "summary.md").read_text()
+    assert summary["score"] == "feature_max"
+    md = (tmp_path / "summary.md").read_text()
+    assert "![errors.png](errors.png)" in md
+    assert "score = largest squared reconstruction error of a feature over its mean" in md
 
 
 def test_image_denoising_report_has_the_grid(tmp_path: Path) -> None:
@@ -54,3 +57,4 @@ def test_image_denoising_report_has_the_grid(tmp_path: Path) -> None:
     assert "reconstructions.png" in names
     md = (tmp_path / "summary.md").read_text()
     assert "denoising (noise 0.3)" in md
+    assert "score = mean absolute reconstruction error" in md
