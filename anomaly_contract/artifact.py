@@ -117,14 +117,21 @@ ScoreError = Literal["mse", "mae"]
 PointScore = Literal["mean", "feature_max"]
 
 
-def row_scores(feature_errors: np.ndarray, feature_scales: np.ndarray | None) -> np.ndarray:
-    """Rows' scores (n,) from their per-feature errors (n, f): the mean without scales
-    (``"mean"``), else the largest scaled error (``"feature_max"``)."""
+def scored_errors(
+    feature_errors: np.ndarray, feature_scales: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, reduced)``: rows' scores (n,) from their per-feature errors (n, f), and the
+    errors the score reduces. Without scales (``"mean"``) the mean of the errors as given; with
+    them (``"feature_max"``) each error divided by its feature's scale, and the largest."""
     if feature_scales is None:
-        return feature_errors.mean(axis=1, dtype=np.float64)
-    if feature_errors.shape[0] == 0:
-        return np.zeros(0, dtype=np.float64)
-    return (feature_errors / feature_scales).max(axis=1)
+        return feature_errors.mean(axis=1, dtype=np.float64), feature_errors
+    scaled = feature_errors / feature_scales
+    return scaled.max(axis=1), scaled
+
+
+def row_scores(feature_errors: np.ndarray, feature_scales: np.ndarray | None) -> np.ndarray:
+    """Rows' scores (n,) from their per-feature errors (n, f): see `scored_errors`."""
+    return scored_errors(feature_errors, feature_scales)[0]
 
 
 def feature_errors(xs: np.ndarray, rec: np.ndarray, error: ScoreError) -> np.ndarray:
@@ -439,11 +446,8 @@ class ModelBundle:
         xs = self.scaler.transform(x)
         rec = self.reconstruct_scaled(xs)
         fe = feature_errors(xs, rec, self.manifest.error)
-        scales = self.manifest.point_feature_scales
-        if scales is not None:
-            fe /= scales
-            return ScoreResult(scores=fe.max(axis=1), feature_errors=fe.astype(np.float32))
-        return ScoreResult(scores=fe.mean(axis=1), feature_errors=fe.astype(np.float32))
+        scores, reduced = scored_errors(fe, self.manifest.point_feature_scales)
+        return ScoreResult(scores=scores, feature_errors=reduced.astype(np.float32))
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         if self.engine is not None:

@@ -67,9 +67,10 @@ def cross_fitted_errors(
     for k in range(folds):
         held, rest = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
         scaler = artifact.Scaler.fit(x_normal[rest], scaler_kind)
+        trained_on = scaler.transform(x_normal[rest])
         model, _ = train_network(
             replace(spec, seed=opts.seed + 1000 * (k + 1)),
-            scaler.transform(x_normal[rest]),
+            trained_on,
             None,
             epochs=epochs,
             batch_size=batch_size,
@@ -80,7 +81,6 @@ def cross_fitted_errors(
         )
         scales = None
         if score == "feature_max":
-            trained_on = scaler.transform(x_normal[rest])
             scales = feature_error_scales(model, trained_on, spec.input_shape, error)
         errors[held] = reconstruction_errors(
             model, scaler.transform(x_normal[held]), spec.input_shape, error, feature_scales=scales

@@ -394,7 +394,7 @@ def _choose_defaults(opts: FitOptions, n_features: int, split: RowSplit) -> FitC
     epochs = min(opts.epochs, SHORT_FIT_EPOCHS) if short else opts.epochs
     score: artifact.PointScore = opts.score or ("mean" if image else "feature_max")
     if score not in ("mean", "feature_max"):
-        raise ConfigError(f"--score must be mean or feature-max, got {score!r}")
+        raise ConfigError(f"--point-score must be mean or feature-max, got {score!r}")
     return FitChoices(method, scaler_kind, error, spec, batch_size, score, epochs=epochs)
 
 
