@@ -15,7 +15,7 @@ demo: setup  ## the main job: broker, model on builtin:sensors, worker scoring a
 	@$(PY) -m scripts.demo
 
 test: setup  ## the whole test suite (unit, contract, integration against real Kafka/Prometheus)
-	@$(PY) -m pytest -q --timeout=900
+	@$(PY) -m pytest -q --timeout=900 --durations=40
 
 test-fast: setup  ## unit tests only
 	@$(PY) -m pytest -q -m "not slow and not integration"

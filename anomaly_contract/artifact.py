@@ -168,33 +168,52 @@ class SeriesParams(_Strict):
     # largest, so an anomaly in one channel of several is not averaged away.
     # ``key_channel_scales``: a key's own scales (learnt from its validation windows); keys
     # without them (too few windows, or unseen in training) use ``channel_scales``.
-    score: Literal["mean", "channel_max"] = "mean"
+    # "blend": the mean and that channel max, each divided by its own scale in
+    # ``blend_scales`` ([mean, channel max], learnt from the calibration windows), averaged.
+    score: Literal["mean", "channel_max", "blend"] = "mean"
     channel_scales: list[float] | None = None
     key_channel_scales: dict[str, list[float]] | None = None
+    blend_scales: list[float] | None = None
 
     @model_validator(mode="after")
     def _scales_match_the_score(self) -> SeriesParams:
-        if self.score == "channel_max":
+        if self.score != "mean":
             every = [self.channel_scales or [], *(self.key_channel_scales or {}).values()]
             n = len(every[0])
             for scales in every:
                 if not scales or len(scales) != n:
-                    raise ValueError("score 'channel_max' needs one scale per channel")
-                if not all(math.isfinite(s) and s > 0 for s in scales):
-                    raise ValueError("score 'channel_max' needs positive finite channel_scales")
+                    raise ValueError(f"score {self.score!r} needs one scale per channel")
+                if not _positive_finite(scales):
+                    raise ValueError(f"score {self.score!r} needs positive finite channel_scales")
         elif self.channel_scales is not None or self.key_channel_scales is not None:
-            raise ValueError("channel scales belong to score 'channel_max' only")
+            raise ValueError("channel scales belong to scores 'channel_max' and 'blend' only")
+        if self.score == "blend":
+            if self.blend_scales is None or len(self.blend_scales) != 2:
+                raise ValueError("score 'blend' needs blend_scales [mean, channel max]")
+            if not _positive_finite(self.blend_scales):
+                raise ValueError("score 'blend' needs positive finite blend_scales")
+        elif self.blend_scales is not None:
+            raise ValueError("blend_scales belong to score 'blend' only")
         return self
 
     @model_serializer(mode="wrap")
     def _mean_is_written_as_before(self, handler: Any) -> Any:
-        # A "mean" manifest is written without the score fields, as before they existed, so a
-        # worker of an older release (extra="forbid") still loads it.
+        # A "mean" manifest is written without the score fields, as before they existed, and a
+        # "channel_max" one without blend_scales, so a worker of an older release
+        # (extra="forbid") still loads what it can score.
         data = handler(self)
-        if isinstance(data, dict) and self.score == "mean":
-            for name in ("score", "channel_scales", "key_channel_scales"):
+        if isinstance(data, dict):
+            unused = {
+                "mean": ("score", "channel_scales", "key_channel_scales", "blend_scales"),
+                "channel_max": ("blend_scales",),
+            }
+            for name in unused.get(self.score, ()):
                 data.pop(name, None)
         return data
+
+
+def _positive_finite(values: list[float]) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
 
 
 # Windowed models add "lstm" and "conv1d"; a windowed "dense" is dense on the flattened window.
@@ -246,7 +265,7 @@ class Manifest(_Strict):
             scales = self.feature_scales or []
             if len(scales) != len(self.feature_names) or self.series is not None:
                 raise ValueError("score 'feature_max' needs one scale per feature (point models)")
-            if not all(math.isfinite(v) and v > 0 for v in scales):
+            if not _positive_finite(scales):
                 raise ValueError("score 'feature_max' needs positive finite feature_scales")
         elif self.feature_scales is not None:
             raise ValueError("feature_scales belong to score 'feature_max' only")

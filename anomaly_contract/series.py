@@ -5,8 +5,8 @@ that came before it (PRODUCT.md, "Series per key").
   normalised with its key's statistics (`KeyNormaliser`), rebuilt through the bundle's engine,
   and scored from the element errors of its last ``score_steps`` rows (`window_scores`: their
   mean over all channels, or with ``series.score = "channel_max"`` the largest channel error
-  divided by that channel's calibrated scale); each key is judged against its own threshold
-  (`KeyThresholds`). `SeriesModel.score_rows` is the offline path (a whole table at once).
+  divided by that channel's calibrated scale, or with ``"blend"`` both, averaged); each key is
+  judged against its own threshold (`KeyThresholds`). `SeriesModel.score_rows` is the offline path (a whole table at once).
 - `SeriesState` is a worker's streaming state: per-key windows of raw records (`KeyedWindows`)
   and the normaliser's online learning for keys the model was not trained on.
 
@@ -167,19 +167,33 @@ def channel_errors(
 
 
 def window_scores(
-    element_errors: np.ndarray, score_steps: int, channel_scales: np.ndarray | None = None
+    element_errors: np.ndarray,
+    score_steps: int,
+    channel_scales: np.ndarray | None = None,
+    blend_scales: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Scores from element errors (n, W, C) of the last ``score_steps`` rows.
 
     Without ``channel_scales`` (``series.score = "mean"``, every manifest before the option):
     the mean over those rows and every channel. With them (``"channel_max"``): the largest
     channel error, each channel's divided by its scale from the calibration windows, so an
-    anomaly in one channel of several is not diluted by the normal ones."""
-    n = element_errors.shape[0]
+    anomaly in one channel of several is not diluted by the normal ones. With ``blend_scales``
+    too (``"blend"``): the mean over ``blend_scales[0]`` and that largest scaled error over
+    ``blend_scales[1]``, averaged: one score that sees both a broad change and one channel's."""
+    if element_errors.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
     if channel_scales is None:
-        return element_errors[:, -score_steps:, :].reshape(n, -1).mean(axis=1)
-    scaled = channel_errors(element_errors, score_steps, channel_scales)
-    return scaled.max(axis=1) if n else np.zeros(0, dtype=np.float64)
+        return _mean_errors(element_errors, score_steps)
+    peak = channel_errors(element_errors, score_steps, channel_scales).max(axis=1)
+    if blend_scales is None:
+        return peak
+    mean_scale, peak_scale = blend_scales
+    return (_mean_errors(element_errors, score_steps) / mean_scale + peak / peak_scale) / 2.0
+
+
+def _mean_errors(element_errors: np.ndarray, score_steps: int) -> np.ndarray:
+    n = element_errors.shape[0]
+    return element_errors[:, -score_steps:, :].reshape(n, -1).mean(axis=1)
 
 
 class SeriesModel:
@@ -204,7 +218,8 @@ class SeriesModel:
         # (and a key's own, where it has them).
         self.channel_scales: np.ndarray | None = None
         self.key_channel_scales: dict[str, np.ndarray] = {}
-        if params.score == "channel_max":
+        self.blend_scales = None if params.blend_scales is None else tuple(params.blend_scales)
+        if params.score != "mean":
             scales = np.asarray(params.channel_scales, dtype=np.float64)
             if scales.shape != (self.channels,):
                 raise ValueError(
@@ -279,7 +294,7 @@ class SeriesModel:
         rec = self.reconstruct(normalised)
         errors = feature_errors(normalised, rec, self.bundle.manifest.error)
         scales = self.channel_scales_for(key_column, coded)
-        scores = window_scores(errors, self.score_steps, scales)
+        scores = window_scores(errors, self.score_steps, scales, self.blend_scales)
         per_channel = channel_errors(errors, self.score_steps, scales)
         thresholds = self.thresholds.thresholds_for(key_column, coded)
         return SeriesScores(scores, thresholds, errors, per_channel)

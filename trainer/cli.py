@@ -310,12 +310,13 @@ def _series_options(p: argparse.ArgumentParser, *, fit: bool = False) -> None:
         )
         g.add_argument(
             "--series-score",
-            choices=("mean", "channel-max", "channel-max-per-key"),
+            choices=("blend", "mean", "channel-max", "channel-max-per-key"),
             default=None,
-            help="how those rows' errors become the score: mean over every channel, or "
+            help="how those rows' errors become the score: mean over every channel; "
             "channel-max: the largest channel error, each channel's over its calibrated scale "
             "(pooled over keys; channel-max-per-key: each key's own), so an anomaly in one "
-            "channel is not averaged away (default: mean)",
+            "channel is not averaged away; blend: the mean and channel-max-per-key, each over "
+            "its calibrated scale, averaged (default: blend)",
         )
     g.add_argument("--key-column", help="column naming each row's series (default: one series)")
     g.add_argument(

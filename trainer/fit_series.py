@@ -10,10 +10,11 @@ standard deviations, fitted on the key's training rows (`KeyNormaliser`, stored 
 a key the model never saw learns its own online at serving). Thresholds are per key: the
 ``percentile`` of each key's own calibration errors, pooled for keys with too few
 (`KeyThresholds`). The score comes from the element errors of the window's last rows, as
-`SeriesModel` computes it (`window_scores`): their mean over channels, or (``series_score =
-"channel_max"``, ``"channel_max_per_key"``) the largest channel error over that channel's scale,
-learnt after training (`trainer.series_score_scales`); the thresholds are then the percentiles
-of that score.
+`SeriesModel` computes it (`window_scores`): by default (``series_score = "blend"``) the mean
+over channels and the largest channel error over its key's scale, each over its own calibrated
+scale, averaged; or either alone (``"mean"``; ``"channel_max"``, ``"channel_max_per_key"``).
+The scales are learnt after training (`trainer.series_score_scales`); the thresholds are then
+the percentiles of that score.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from trainer.models import ModelSpec, make_spec
 from trainer.progress import track
 from trainer.series_score_scales import (
     DEFAULT_SERIES_SCORE,
+    ScoreScales,
     SeriesScore,
     check_series_score,
     fit_series_score_scales,
@@ -97,9 +99,8 @@ class WindowInputs:
     spec: ModelSpec
     error: artifact.ScoreError
     score_steps: int
-    # Set once learnt ("channel_max" scores): (C,) pooled, and keys' own where they have them.
-    channel_scales: np.ndarray | None = None
-    key_channel_scales: dict[str, np.ndarray] | None = None
+    # Set once learnt: what the score rule needs (all None for the mean score).
+    score_scales: ScoreScales = ScoreScales()
 
     def of(self, selection: np.ndarray) -> np.ndarray:
         """The selected windows flattened (n, W * channels), as the network takes them."""
@@ -115,13 +116,15 @@ class WindowInputs:
     def scores(self, model: keras.Model, selection: np.ndarray) -> np.ndarray:
         """The windows' scores, as `SeriesModel.score_windows` computes them."""
         errors = self.element_errors(model, selection)
-        return window_scores(errors, self.score_steps, self.scales_of(selection))
+        blend = self.score_scales.blend_scales
+        return window_scores(errors, self.score_steps, self.scales_of(selection), blend)
 
     def scales_of(self, selection: np.ndarray) -> np.ndarray | None:
         """The channel scales of each selected window's key (n, C); None for a mean score."""
         index = self.parts.index
         names = index.key_names[index.window_keys[selection]]
-        return scales_for_keys(self.channel_scales, self.key_channel_scales, names)
+        pooled, own, _ = self.score_scales
+        return scales_for_keys(pooled, own, names)
 
 
 def fit_series_model(
@@ -371,7 +374,7 @@ def _with_score_scales(
 ) -> WindowInputs:
     """``inputs`` with the channel scales ``series_score`` learns (both None for a mean score)."""
     parts = inputs.parts
-    scales, key_scales = fit_series_score_scales(
+    scales = fit_series_score_scales(
         series_score,
         lambda selection: inputs.element_errors(model, selection),
         parts.validation,
@@ -379,7 +382,7 @@ def _with_score_scales(
         window_keys,
         inputs.score_steps,
     )
-    return replace(inputs, channel_scales=scales, key_channel_scales=key_scales)
+    return replace(inputs, score_scales=scales)
 
 
 def _metrics(
@@ -429,7 +432,7 @@ def series_manifest(
         f"keys unseen in training learn their normalisation from their first "
         f"{normaliser.warmup_records} records and are not scored before",
     ]
-    score_note = series_score_note(score_steps, inputs.channel_scales, inputs.key_channel_scales)
+    score_note = series_score_note(score_steps, inputs.score_scales)
     if score_note is not None:
         notes.append(score_note)
     hyper = {
@@ -442,9 +445,7 @@ def series_manifest(
         "error": error,
     }
     train_rows = np.unique(parts.index.rows[parts.train])
-    score, channel_scales, key_channel_scales = manifest_scales(
-        inputs.channel_scales, inputs.key_channel_scales
-    )
+    score, channel_scales, key_channel_scales, blend_scales = manifest_scales(inputs.score_scales)
     return artifact.Manifest(
         version="unpublished",
         created_at=utc_now(),
@@ -481,5 +482,6 @@ def series_manifest(
             score=score,
             channel_scales=channel_scales,
             key_channel_scales=key_channel_scales,
+            blend_scales=blend_scales,
         ),
     )

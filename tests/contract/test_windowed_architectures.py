@@ -78,7 +78,10 @@ def test_round_trip_scores_match_the_trained_network(fitted, machines) -> None: 
     element = reconstruction_errors(
         trained.model, flat, trained.spec.input_shape, bundle.manifest.error, reduce=False
     )
-    expected = window_scores(element.reshape(normalised.shape), series.score_steps)
+    scales = series.channel_scales_for(found.keys[found.scored_rows])
+    expected = window_scores(
+        element.reshape(normalised.shape), series.score_steps, scales, series.blend_scales
+    )
     result = series.score_rows(machines.x, machines.keys, machines.times)
     np.testing.assert_allclose(result.scores[found.scored_rows], expected, rtol=1e-4, atol=1e-7)
     codes = series.encode(normalised[:5])

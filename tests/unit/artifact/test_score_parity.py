@@ -110,4 +110,10 @@ def test_the_rows_expose_the_float32_batch_wobble(case) -> None:
     parts = np.concatenate(
         [_float32_scores(bundle.engine, bundle.scaler, r) for r in np.split(x, range(7, N_ROWS, 7))]
     )
-    assert _max_relative_difference(parts, whole) > 1e-6
+    wobble = _max_relative_difference(parts, whole)
+    if wobble == 0.0:
+        # Some BLAS builds (seen on an AVX-512 machine) sum float32 products in the same order
+        # whatever the number of rows: the wobble cannot be shown here, and the float64 test
+        # above still holds.
+        pytest.skip("this machine's BLAS gives float32 scores independent of the batch")
+    assert wobble > 1e-6

@@ -35,10 +35,11 @@ def series_bundle(
     score_steps: int = 1,
     channel_scales: list[float] | None = None,
     key_channel_scales: dict[str, list[float]] | None = None,
+    blend_scales: list[float] | None = None,
 ) -> ModelBundle:
     """A windowed dense model whose normaliser knows ``train_keys``; thresholds from noise.
     ``channel_scales`` makes it a ``channel_max`` model (the mean score without them), with
-    ``key_channel_scales`` for some keys."""
+    ``key_channel_scales`` for some keys; ``blend_scales`` too a ``blend`` one."""
     rng = np.random.default_rng(7)
     size, hidden = window * channels, 5
     engine = DenseEngine(
@@ -67,9 +68,10 @@ def series_bundle(
                     {}
                     if channel_scales is None
                     else {
-                        "score": "channel_max",
+                        "score": "channel_max" if blend_scales is None else "blend",
                         "channel_scales": channel_scales,
                         "key_channel_scales": key_channel_scales,
+                        "blend_scales": blend_scales,
                     }
                 ),
             ),

@@ -1,7 +1,8 @@
 """The ``channel_max`` score of windowed models (`anomaly_contract.series.window_scores`): each
-channel's error of the scored rows over its calibrated scale, the largest of them. A manifest
-without the field scores exactly as before (the mean over every channel); the offline and
-streaming paths agree for the new score too; the field round-trips through the manifest."""
+channel's error of the scored rows over its calibrated scale, the largest of them; and the
+``blend`` of that and the mean, each over its own scale. A manifest without the field scores
+exactly as before (the mean over every channel); the offline and streaming paths agree for the
+new scores too; the fields round-trip through the manifest."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ SCALES = [0.5, 2.0, 8.0]
 
 
 OWN = {"a": [4.0, 0.25, 1.0]}  # key "a" has its own scales; "b", "c" and unseen keys pool
+BLEND = [0.3, 5.0]  # the mean's scale, the channel max's
 
 
 def _bundle(  # type: ignore[no-untyped-def]
     steps: int = 1,
     scales: list[float] | None = None,
     own: dict[str, list[float]] | None = None,
+    blend: list[float] | None = None,
 ):
     x, keys = keyed_rows(900, ["a", "b", "c"], CHANNELS, seed=1)
     return series_bundle(
@@ -36,6 +39,7 @@ def _bundle(  # type: ignore[no-untyped-def]
         score_steps=steps,
         channel_scales=scales,
         key_channel_scales=own,
+        blend_scales=blend,
     )
 
 
@@ -99,12 +103,35 @@ def test_a_key_with_its_own_scales_uses_them_and_the_others_the_pooled_ones():
     assert _bundle().series.channel_scales_for(["a"]) is None
 
 
-@pytest.mark.parametrize("own", [None, OWN])
+def test_blend_averages_the_mean_and_the_channel_max_each_over_its_scale():
+    model = _bundle(steps=2, scales=SCALES, own=OWN, blend=BLEND).series
+    x, keys = keyed_rows(400, ["a", "b", "new"], CHANNELS, seed=6)
+    result = model.score_rows(x, keys)
+    rows = result.scored_rows
+    tail = result.element_errors[:, -2:, :]
+    scales = np.array([OWN["a"] if keys[r] == "a" else SCALES for r in rows])
+    peak = (tail.mean(axis=1) / scales).max(axis=1)
+    mean = tail.reshape(rows.size, -1).mean(axis=1)
+    expected = (mean / BLEND[0] + peak / BLEND[1]) / 2
+    np.testing.assert_allclose(result.scores[rows], expected, rtol=1e-12, atol=0)
+    # each part alone is another score: the blend is neither
+    assert not np.allclose(result.scores[rows], mean / BLEND[0])
+    assert not np.allclose(result.scores[rows], peak / BLEND[1])
+    errors = np.zeros((2, 4, 3))
+    errors[0, -1] = [0.9, 0.9, 0.9]
+    errors[1, -1] = [2.7, 0.0, 0.0]
+    # with one scale for both parts: the same mean, and the one-channel row's larger max counts
+    blended = window_scores(errors, 1, np.ones(3), (1.0, 1.0))
+    np.testing.assert_allclose(blended, [(0.9 + 0.9) / 2, (0.9 + 2.7) / 2])
+    assert window_scores(np.zeros((0, 4, 3)), 1, np.ones(3), (1.0, 1.0)).shape == (0,)
+
+
+@pytest.mark.parametrize(("own", "blend"), [(None, None), (OWN, None), (OWN, BLEND)])
 @pytest.mark.parametrize("batch", [1, 7, 500])
-def test_streaming_gives_the_offline_channel_max_scores(
-    batch: int, own: dict[str, list[float]] | None
+def test_streaming_gives_the_offline_channel_max_and_blend_scores(
+    batch: int, own: dict[str, list[float]] | None, blend: list[float] | None
 ):
-    model = _bundle(scales=SCALES, own=own).series
+    model = _bundle(scales=SCALES, own=own, blend=blend).series
     x, keys = keyed_rows(700, ["a", "b", "new-1", "new-2"], CHANNELS, seed=4)
     offline = model.score_rows(x, keys)
     streamed = _stream(model, x, keys, batch)
@@ -116,16 +143,21 @@ def test_streaming_gives_the_offline_channel_max_scores(
     assert not np.allclose(mean[scored], offline.scores[scored])
 
 
-@pytest.mark.parametrize("own", [None, OWN])
+@pytest.mark.parametrize(("own", "blend"), [(None, None), (OWN, None), (OWN, BLEND)])
 def test_the_score_and_its_scales_round_trip_through_the_manifest(
-    own: dict[str, list[float]] | None,
+    own: dict[str, list[float]] | None, blend: list[float] | None
 ):
-    bundle = _bundle(scales=SCALES, own=own)
-    loaded = Manifest.model_validate_json(bundle.manifest.model_dump_json())
+    bundle = _bundle(scales=SCALES, own=own, blend=blend)
+    written = bundle.manifest.model_dump_json()
+    loaded = Manifest.model_validate_json(written)
     assert loaded == bundle.manifest
     assert loaded.series is not None
-    assert (loaded.series.score, loaded.series.channel_scales) == ("channel_max", SCALES)
+    score = "channel_max" if blend is None else "blend"
+    assert (loaded.series.score, loaded.series.channel_scales) == (score, SCALES)
     assert loaded.series.key_channel_scales == own
+    assert loaded.series.blend_scales == blend
+    # a channel_max manifest is written without the blend's field (older workers load it)
+    assert ("blend_scales" in written) == (blend is not None)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +175,13 @@ def test_the_score_and_its_scales_round_trip_through_the_manifest(
             "key_channel_scales": {"a": [1, -1, 1]},
         },
         {"score": "median"},
+        {"score": "blend", "channel_scales": [1.0] * 3},
+        {"score": "blend", "channel_scales": [1.0] * 3, "blend_scales": [1.0]},
+        {"score": "blend", "channel_scales": [1.0] * 3, "blend_scales": [1.0, 0.0]},
+        {"score": "blend", "channel_scales": [1.0] * 3, "blend_scales": [1.0, float("inf")]},
+        {"score": "blend", "blend_scales": [1.0, 1.0]},
+        {"score": "channel_max", "channel_scales": [1.0] * 3, "blend_scales": [1.0, 1.0]},
+        {"score": "mean", "blend_scales": [1.0, 1.0]},
     ],
 )
 def test_inconsistent_score_fields_are_refused(fields: dict[str, object]):

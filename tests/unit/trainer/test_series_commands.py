@@ -169,10 +169,43 @@ def test_fit_series_score_channel_max_per_key_publishes_each_keys_scales(tmp_pat
     np.testing.assert_allclose(result.scores[rows], expected, rtol=1e-12)
 
 
-def test_fit_without_series_score_keeps_the_mean_score(series_model) -> None:  # type: ignore[no-untyped-def]
-    _, model_dir = series_model
+def test_fit_without_series_score_blends_the_mean_and_each_keys_channel_max(series_model) -> None:  # type: ignore[no-untyped-def]
+    from anomaly_contract.key_thresholds import KeyThresholds
+
+    data, model_dir = series_model
+    bundle = load_bundle(model_dir)
+    series = bundle.manifest.series
+    assert series is not None and series.score == "blend"
+    assert series.key_channel_scales is not None and series.channel_scales is not None
+    assert series.blend_scales is not None and all(s > 0 for s in series.blend_scales)
+    assert any("blend_scales" in note for note in bundle.manifest.notes)
+    frame = pd.read_csv(data)
+    result = bundle.series.score_rows(
+        frame[["temp", "load", "vibration"]].to_numpy(), frame["key"], frame["t"]
+    )
+    rows = result.scored_rows
+    own = series.key_channel_scales
+    scales = np.array([own.get(str(k), series.channel_scales) for k in frame["key"][rows]])
+    tail = result.element_errors[:, -1, :]
+    mean_scale, peak_scale = series.blend_scales
+    expected = (tail.mean(axis=1) / mean_scale + (tail / scales).max(axis=1) / peak_scale) / 2
+    np.testing.assert_allclose(result.scores[rows], expected, rtol=1e-12)
+    # each part is over its p99 on the calibration windows, and so is the blend's threshold:
+    # the threshold is near 1, and most windows score below it
+    pooled = KeyThresholds.from_json(series.thresholds).pooled
+    assert 0.5 < pooled < 1.5
+    assert np.nanmedian(result.scores) < pooled < np.nanmax(result.scores)
+
+
+def test_fit_series_score_mean_keeps_the_mean_score(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = _machines_csv(tmp_path / "d.csv", keys=3, length=300)
+    model_dir = tmp_path / "m"
+    args = ["fit", str(data), "--model-dir", str(model_dir), "--window", str(WINDOW)]
+    keyed = ["--key-column", "key", "--time-column", "t", "--architecture", "dense"]
+    assert main([*args, *keyed, "--series-score", "mean", *FAST]) == 0
     series = load_bundle(model_dir).manifest.series
     assert series is not None and (series.score, series.channel_scales) == ("mean", None)
+    assert series.blend_scales is None
 
 
 def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> None:
