@@ -112,14 +112,20 @@ def test_builtin_machines_fits_with_its_own_key_and_time_columns(tmp_path) -> No
     assert load_bundle(model_dir).manifest.feature_names == ["temp", "load", "vibration"]
 
 
-def test_fit_series_score_channel_max_publishes_scales_and_scores_with_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from anomaly_contract.key_thresholds import KeyThresholds
-
+def _fit_with_series_score(tmp_path: Path, score: str) -> tuple[Path, Path]:
+    """A windowed dense fit of 3 machines x 300 ticks with ``--series-score score``."""
     data = _machines_csv(tmp_path / "d.csv", keys=3, length=300)
     model_dir = tmp_path / "m"
     args = ["fit", str(data), "--model-dir", str(model_dir), "--window", str(WINDOW)]
     keyed = ["--key-column", "key", "--time-column", "t", "--architecture", "dense"]
-    assert main([*args, *keyed, "--series-score", "channel-max", *FAST]) == 0
+    assert main([*args, *keyed, "--series-score", score, *FAST]) == 0
+    return data, model_dir
+
+
+def test_fit_series_score_channel_max_publishes_scales_and_scores_with_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from anomaly_contract.key_thresholds import KeyThresholds
+
+    data, model_dir = _fit_with_series_score(tmp_path, "channel-max")
     bundle = load_bundle(model_dir)  # saved and loaded: the score and scales came through
     series = bundle.manifest.series
     assert series is not None and series.score == "channel_max"
@@ -147,11 +153,7 @@ def test_fit_series_score_channel_max_publishes_scales_and_scores_with_them(tmp_
 
 
 def test_fit_series_score_channel_max_per_key_publishes_each_keys_scales(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    data = _machines_csv(tmp_path / "d.csv", keys=3, length=300)
-    model_dir = tmp_path / "m"
-    args = ["fit", str(data), "--model-dir", str(model_dir), "--window", str(WINDOW)]
-    keyed = ["--key-column", "key", "--time-column", "t", "--architecture", "dense"]
-    assert main([*args, *keyed, "--series-score", "channel-max-per-key", *FAST]) == 0
+    data, model_dir = _fit_with_series_score(tmp_path, "channel-max-per-key")
     bundle = load_bundle(model_dir)
     series = bundle.manifest.series
     assert series is not None and series.score == "channel_max"
@@ -198,11 +200,7 @@ def test_fit_without_series_score_blends_the_mean_and_each_keys_channel_max(seri
 
 
 def test_fit_series_score_mean_keeps_the_mean_score(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    data = _machines_csv(tmp_path / "d.csv", keys=3, length=300)
-    model_dir = tmp_path / "m"
-    args = ["fit", str(data), "--model-dir", str(model_dir), "--window", str(WINDOW)]
-    keyed = ["--key-column", "key", "--time-column", "t", "--architecture", "dense"]
-    assert main([*args, *keyed, "--series-score", "mean", *FAST]) == 0
+    _, model_dir = _fit_with_series_score(tmp_path, "mean")
     series = load_bundle(model_dir).manifest.series
     assert series is not None and (series.score, series.channel_scales) == ("mean", None)
     assert series.blend_scales is None
