@@ -6,7 +6,8 @@ that came before it (PRODUCT.md, "Series per key").
   and scored from the element errors of its last ``score_steps`` rows (`window_scores`: their
   mean over all channels, or with ``series.score = "channel_max"`` the largest channel error
   divided by that channel's calibrated scale, or with ``"blend"`` both, averaged); each key is
-  judged against its own threshold (`KeyThresholds`). `SeriesModel.score_rows` is the offline path (a whole table at once).
+  judged against its own threshold (`KeyThresholds`). `SeriesModel.score_rows` is the offline
+  path (a whole table at once).
 - `SeriesState` is a worker's streaming state: per-key windows of raw records (`KeyedWindows`)
   and the normaliser's online learning for keys the model was not trained on.
 
