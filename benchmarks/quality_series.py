@@ -73,6 +73,7 @@ from trainer.series_score_scales import (  # noqa: E402
     DEFAULT_SERIES_SCORE,
     SERIES_SCORES,
     SeriesScore,
+    blend_scales,
     fit_channel_scales,
     fit_key_channel_scales,
 )
@@ -266,13 +267,13 @@ def _max(z: np.ndarray) -> np.ndarray:
 
 def _blend(combine: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Reduce:
     """The mean score and the per-key channel max (p90 of validation), each over its own
-    pooled p99 of calibration, then ``combine``d: one reading of both rules."""
+    pooled p99 of calibration (the trainer's `blend_scales`), then ``combine``d."""
     per_key = _scaled(0.90, _max, from_validation=True)
 
     def reduce(c: ChannelSets) -> tuple[np.ndarray, np.ndarray]:
         mean_cal, mean_test = c.cal.mean(axis=1), c.test.mean(axis=1)
         key_cal, key_test = per_key(c)
-        mean_scale, key_scale = np.quantile(mean_cal, 0.99), np.quantile(key_cal, 0.99)
+        mean_scale, key_scale = blend_scales(mean_cal, key_cal)
         return (
             combine(mean_cal / mean_scale, key_cal / key_scale),
             combine(mean_test / mean_scale, key_test / key_scale),
