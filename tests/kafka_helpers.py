@@ -250,12 +250,22 @@ def running_broker(**kwargs: Any) -> Iterator[LocalKafka]:
 def create_topic(
     bootstrap: str, name: str, partitions: int = 1, exist_ok: bool = False, timeout_s: float = 30.0
 ) -> None:
-    """Create a topic (replication factor 1) and wait until its leaders are known."""
+    """Create a topic (replication factor 1) and wait until its leaders are known.
+
+    No time retention: tests stamp records in the past (2023), which the broker's default 7-day
+    retention deletes at its next check (every 5 minutes), under whichever test runs then."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-admin")
     try:
         try:
             admin.create_topics(
-                [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+                [
+                    NewTopic(
+                        name,
+                        num_partitions=partitions,
+                        replication_factor=1,
+                        topic_configs={"retention.ms": "-1"},
+                    )  # fmt: skip
+                ],
                 timeout_ms=int(timeout_s * 1000),
             )
         except TopicAlreadyExistsError:

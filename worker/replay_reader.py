@@ -9,6 +9,7 @@ and in `worker.client` only.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,9 +20,12 @@ from kafka.structs import TopicPartition
 from worker.client import ClientError, InRecord, Partition, _translated, client_config
 from worker.settings import WorkerSettings
 
+log = logging.getLogger(__name__)
+
 # A replay that makes no progress for this long fails (the caller retries later).
 STALL_TIMEOUT_S = 30.0
 POLL_MS = 500
+OFFSETS_TIMEOUT_MS = 5000
 
 
 class KafkaReplayReader:
@@ -53,7 +57,9 @@ class KafkaReplayReader:
         """The records of ``tp`` with offsets in ``[start, end)``, in order, a poll at a time.
 
         Offsets that hold no record (transaction markers, aborted or compacted records) are
-        skipped; records below the log start (deleted by retention) are simply not there."""
+        skipped; records below the log start (deleted by retention) are not there: the read
+        starts at the log start, with a warning, since the keys whose history lay below it
+        warm up again."""
         if end <= start:
             return
         consumer = self._client()
@@ -61,6 +67,14 @@ class KafkaReplayReader:
         with _translated((AssertionError,)):
             consumer.assign([ktp])
             consumer.seek(ktp, start)
+            log_start = consumer.beginning_offsets([ktp], timeout_ms=OFFSETS_TIMEOUT_MS)[ktp]
+        if log_start > start:
+            log.warning(
+                "re-reading %s[%d] from %d: offsets %d-%d are gone from the topic (retention or"
+                " deleted records), so the keys whose history lay there warm up again",
+                tp.topic, tp.partition, start, start, min(log_start, end) - 1,
+                extra={"partition": tp.partition, "replay_start": start, "log_start": log_start},
+            )  # fmt: skip
         last_progress = time.monotonic()
         try:
             while True:
