@@ -145,6 +145,23 @@ def feature_errors(xs: np.ndarray, rec: np.ndarray, error: ScoreError) -> np.nda
     return np.square(diff, out=diff) if error == "mse" else np.abs(diff, out=diff)
 
 
+class HistoryClip(_Strict):
+    """Per-channel bounds, in key standard deviations, of what a windowed model's network is
+    shown of a window's history: ``low[c] < 0 < high[c]``, finite."""
+
+    low: list[float] = Field(min_length=1)
+    high: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _bounds_hold_zero(self) -> HistoryClip:
+        if len(self.low) != len(self.high):
+            raise ValueError("history_clip needs one low and one high bound per channel")
+        for lo, hi in zip(self.low, self.high, strict=True):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < 0.0 < hi):
+                raise ValueError("history_clip bounds must be finite with low < 0 < high")
+        return self
+
+
 class SeriesParams(_Strict):
     """A windowed (series per key) model: how rows become windows, and the per-key statistics.
 
@@ -174,6 +191,10 @@ class SeriesParams(_Strict):
     channel_scales: list[float] | None = None
     key_channel_scales: dict[str, list[float]] | None = None
     blend_scales: list[float] | None = None
+    # The rows before the scored ones are clipped to these per-channel bounds (in key standard
+    # deviations) before the network sees a window (`anomaly_contract.series.clip_history`);
+    # None (every version published before this field) shows them unclipped.
+    history_clip: HistoryClip | None = None
 
     @model_validator(mode="after")
     def _scales_match_the_score(self) -> SeriesParams:
@@ -199,7 +220,8 @@ class SeriesParams(_Strict):
     @model_serializer(mode="wrap")
     def _mean_is_written_as_before(self, handler: Any) -> Any:
         # A "mean" manifest is written without the score fields, as before they existed, and a
-        # "channel_max" one without blend_scales, so a worker of an older release
+        # "channel_max" one without blend_scales, one without a clip without history_clip, so a
+        # worker of an older release
         # (extra="forbid") still loads what it can score.
         data = handler(self)
         if isinstance(data, dict):
@@ -209,6 +231,8 @@ class SeriesParams(_Strict):
             }
             for name in unused.get(self.score, ()):
                 data.pop(name, None)
+            if self.history_clip is None:  # as before the field existed
+                data.pop("history_clip", None)
         return data
 
 

@@ -192,6 +192,24 @@ def window_scores(
     return (_mean_errors(element_errors, score_steps) / mean_scale + peak / peak_scale) / 2.0
 
 
+def clip_history(
+    normalised: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None, score_steps: int
+) -> np.ndarray:
+    """What the network is shown of normalised windows (n, W, C): the rows before the last
+    ``score_steps`` clipped to ``bounds`` (per-channel low and high, in key standard
+    deviations), the scored rows as they are; ``bounds`` None shows the windows unchanged. The
+    errors are still measured against the unclipped windows, so an anomaly in the scored rows
+    counts in full, while one further back (a spike the key's earlier window flagged already)
+    no longer pulls the whole reconstruction off: unclipped, the normal rows after a spike
+    scored high for W rows."""
+    if bounds is None:
+        return normalised
+    shown = np.array(normalised, dtype=np.float64, copy=True)
+    history = shown[:, : shown.shape[1] - score_steps]
+    np.clip(history, bounds[0], bounds[1], out=history)
+    return shown
+
+
 def _mean_errors(element_errors: np.ndarray, score_steps: int) -> np.ndarray:
     n = element_errors.shape[0]
     return element_errors[:, -score_steps:, :].reshape(n, -1).mean(axis=1)
@@ -220,6 +238,16 @@ class SeriesModel:
         self.channel_scales: np.ndarray | None = None
         self.key_channel_scales: dict[str, np.ndarray] = {}
         self.blend_scales = None if params.blend_scales is None else tuple(params.blend_scales)
+        # None: windows shown unclipped (versions published before the clip)
+        self.history_clip: tuple[np.ndarray, np.ndarray] | None = None
+        if params.history_clip is not None:
+            low = np.asarray(params.history_clip.low, dtype=np.float64)
+            high = np.asarray(params.history_clip.high, dtype=np.float64)
+            if low.shape != (self.channels,):
+                raise ValueError(
+                    f"series.history_clip holds {low.size} bounds for {self.channels} channels"
+                )
+            self.history_clip = (low, high)
         if params.score != "mean":
             scales = np.asarray(params.channel_scales, dtype=np.float64)
             if scales.shape != (self.channels,):
@@ -259,6 +287,10 @@ class SeriesModel:
         """A fresh copy of the trained statistics (nothing learnt online)."""
         return KeyNormaliser.from_json(self.params.normaliser)
 
+    def shown(self, normalised: np.ndarray) -> np.ndarray:
+        """Normalised windows (n, W, C) as the network is shown them to score (`clip_history`)."""
+        return clip_history(normalised, self.history_clip, self.score_steps)
+
     def reconstruct(self, normalised: np.ndarray) -> np.ndarray:
         """Normalised windows (n, W, C) -> their reconstructions (n, W, C)."""
         n = normalised.shape[0]
@@ -292,7 +324,7 @@ class SeriesModel:
             )
         coded = key_codes(key_column)  # once: statistics, channel scales and thresholds share it
         normalised = normalise_windows(values, key_column, normaliser, coded)
-        rec = self.reconstruct(normalised)
+        rec = self.reconstruct(self.shown(normalised))
         errors = feature_errors(normalised, rec, self.bundle.manifest.error)
         scales = self.channel_scales_for(key_column, coded)
         scores = window_scores(errors, self.score_steps, scales, self.blend_scales)

@@ -36,6 +36,7 @@ the test normals: the same oracle for every method).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -67,6 +68,11 @@ from trainer.fit_series import (  # noqa: E402
     even_subsample,
     fit_series_model,
     split_series,
+)
+from trainer.history_clip import (  # noqa: E402
+    DEFAULT_HISTORY_CLIP,
+    HistoryClipOption,
+    history_clip_option,
 )
 from trainer.publish import publish_model  # noqa: E402
 from trainer.series_score_scales import (  # noqa: E402
@@ -134,7 +140,11 @@ def network_options(name: str, **fit: object) -> FitOptions:
 
 
 def windowed(
-    run: Run, name: str, series_score: SeriesScore, score_variants: bool = False
+    run: Run,
+    name: str,
+    series_score: SeriesScore,
+    score_variants: bool = False,
+    history_clip: HistoryClipOption = DEFAULT_HISTORY_CLIP,
 ) -> Scores:
     """``name`` is an architecture as `network_options` reads it; ``series_score`` how
     `fit --window --series-score` turns element errors into the score. With
@@ -150,6 +160,7 @@ def windowed(
         max_train_windows=run.max_train_windows,
         score_steps=run.score_steps,
         series_score=series_score,
+        history_clip=history_clip,
     )
     seconds = time.perf_counter() - started
     parts = split_series(run.fit_data, run.window, options)
@@ -418,15 +429,19 @@ BASELINES: dict[str, tuple[str, bool]] = {
 
 def methods(args: argparse.Namespace) -> dict[str, Callable[[Run], Scores]]:
     table: dict[str, Callable[[Run], Scores]] = {}
-    for arch in args.architectures:
-        for score in args.series_scores:
-            label = f"windowed {arch}" + ("" if len(args.series_scores) == 1 else f", {score}")
-            table[label] = partial(
-                windowed,
-                name=arch,
-                series_score=score,
-                score_variants=args.score_variants,
-            )
+    for arch, score, clip in itertools.product(
+        args.architectures, args.series_scores, args.history_clips
+    ):
+        label = f"windowed {arch}" + ("" if len(args.series_scores) == 1 else f", {score}")
+        if len(args.history_clips) > 1:
+            label += f", history clip {'off' if clip is None else clip}"
+        table[label] = partial(
+            windowed,
+            name=arch,
+            series_score=score,
+            score_variants=args.score_variants,
+            history_clip=clip,
+        )
     if args.only_windowed:
         return table
     detectors: dict[str, baselines.Detector] = {
@@ -497,6 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated `fit --series-score` rules, a row each: {', '.join(SERIES_SCORES)}",
     )
     ap.add_argument(
+        "--history-clips",
+        type=lambda s: [history_clip_option(a.strip()) for a in s.split(",") if a.strip()],
+        default=[DEFAULT_HISTORY_CLIP],
+        help="comma-separated `fit --history-clip` values (auto, off, Z), a row each",
+    )
+    ap.add_argument(
         "--score-variants",
         action="store_true",
         help="also score each windowed network under the other rules of SCORE_RULES",
@@ -521,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Series quality ({day}; W={args.window}, {args.keys} keys x {args.length} ticks, "
         f"seeds {args.first_seed}-{args.first_seed + args.seeds - 1}, mean ± sd; epochs <= {args.epochs}, score steps {args.score_steps}, "
-        f"series scores {','.join(args.series_scores)}, "
+        f"series scores {','.join(args.series_scores)}, history clips "
+        f"{','.join('off' if c is None else str(c) for c in args.history_clips)}, "
         f"<= {args.max_train_windows} training windows; PyOD LSTMAD epochs "
         f"{args.lstmad_epochs or 'its default (50)'}; torch threads {baselines.TORCH_THREADS})\n"
     )

@@ -318,6 +318,16 @@ def _series_options(p: argparse.ArgumentParser, *, fit: bool = False) -> None:
             "channel is not averaged away; blend: the mean and channel-max-per-key, each over "
             "its calibrated scale, averaged (default: blend)",
         )
+        g.add_argument(
+            "--history-clip",
+            default=None,
+            metavar="auto|off|Z",
+            help="before the network sees a window, the rows before the scored ones are "
+            "clipped (errors still against the rows as they are), so a past spike does not "
+            "raise the scores of the normal rows after it: auto to each channel's range in "
+            "training (its 0.1-99.9 %% quantiles, +-0.5 key standard deviations), Z to +-Z "
+            "of them, off not at all (default: auto)",
+        )
     g.add_argument("--key-column", help="column naming each row's series (default: one series)")
     g.add_argument(
         "--time-column",

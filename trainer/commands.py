@@ -84,7 +84,7 @@ def write_lines(path: Path | None, write: Callable[[TextIO], None]) -> None:
 
 
 def _refuse_series_flags(args: argparse.Namespace, what: str) -> None:
-    for flag in ("key_column", "time_column", "series_score"):
+    for flag in ("key_column", "time_column", "series_score", "history_clip"):
         if getattr(args, flag, None):
             raise ConfigError(f"{what} --{flag.replace('_', '-')}: it applies to windowed models")
 

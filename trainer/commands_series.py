@@ -50,6 +50,7 @@ def fit_series(
     """``fit DATA --window W``: train, calibrate per key and publish a windowed version (to the
     model topic too with ``--publish-topic``)."""
     from trainer.fit_series import fit_series_model
+    from trainer.history_clip import history_clip_option
     from trainer.publish import publish_from_model_dir, publish_model
 
     if args.exclude_flagged == "yes":
@@ -76,6 +77,7 @@ def fit_series(
         score_steps=args.score_steps,
         feedback=feedback,
         series_score=series_score_option(args.series_score),
+        history_clip=history_clip_option(args.history_clip),
     )
     version = publish_model(trained, args.model_dir, keep=args.keep)
     if args.publish_topic:
@@ -181,13 +183,14 @@ def decode_series_command(args: argparse.Namespace, bundle: artifact.ModelBundle
 
 def denoise_series_command(args: argparse.Namespace, bundle: artifact.ModelBundle) -> int:
     """Each row that closes a window replaced by its window's reconstruction of it (in data
-    units, with its key's statistics); warming rows are written unchanged."""
+    units, with its key's statistics), the one its score measures (history clipped, as the
+    model scores); warming rows are written unchanged."""
     from trainer.evaluate import write_table
 
     data = _model_series(args, bundle)
     found = _row_windows(bundle, data)
     series = bundle.series
-    rec = series.reconstruct(found.normalised())[:, -1, :]
+    rec = series.reconstruct(series.shown(found.normalised()))[:, -1, :]
     keys = found.keys[found.scored_rows]
     cleaned = data.x.copy()
     for key in np.unique(keys):

@@ -14,7 +14,10 @@ a key the model never saw learns its own online at serving). Thresholds are per 
 over channels and the largest channel error over its key's scale, each over its own calibrated
 scale, averaged; or either alone (``"mean"``; ``"channel_max"``, ``"channel_max_per_key"``).
 The scales are learnt after training (`trainer.series_score_scales`); the thresholds are then
-the percentiles of that score.
+the percentiles of that score. The network scores a window shown with its history (the rows
+before the scored ones) clipped to per-channel bounds learnt from the training rows
+(`trainer.history_clip`), the errors measured against the window as it is (`clip_history`), so
+a past spike does not raise the next W-1 rows' scores; it trains on the windows as they are.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from anomaly_contract.errors import ConfigError, DataError
 from anomaly_contract.key_normaliser import KeyNormaliser
 from anomaly_contract.key_thresholds import KeyThresholds, fit_key_thresholds
 from anomaly_contract.model_dir import utc_now
-from anomaly_contract.series import window_scores
+from anomaly_contract.series import clip_history, window_scores
 from anomaly_contract.windows import WindowIndex, index_windows, split_windows_in_time
 from trainer import calibration
 from trainer.data_series import SeriesData
@@ -45,6 +48,7 @@ from trainer.fit_feedback import (
     raise_key_thresholds,
     with_series_feedback,
 )
+from trainer.history_clip import DEFAULT_HISTORY_CLIP, HistoryClipOption, history_bounds
 from trainer.models import ModelSpec, make_spec
 from trainer.progress import track
 from trainer.series_score_scales import (
@@ -99,17 +103,27 @@ class WindowInputs:
     spec: ModelSpec
     error: artifact.ScoreError
     score_steps: int
+    history_clip: tuple[np.ndarray, np.ndarray] | None  # per-channel (low, high), or none
     # Set once learnt: what the score rule needs (all None for the mean score).
     score_scales: ScoreScales = ScoreScales()
 
     def of(self, selection: np.ndarray) -> np.ndarray:
-        """The selected windows flattened (n, W * channels), as the network takes them."""
+        """The selected windows flattened (n, W * channels), as the network trains on them."""
         return self.normalised[self.parts.index.rows[selection]].reshape(selection.size, -1)
 
     def element_errors(self, model: keras.Model, selection: np.ndarray) -> np.ndarray:
-        """The selected windows' element errors (n, W, channels)."""
+        """The selected windows' element errors (n, W, channels), as `SeriesModel` scores
+        them: the network shown the windows with their history clipped (`clip_history`), the
+        errors against the windows as they are."""
+        windows = self.normalised[self.parts.index.rows[selection]]
+        shown = clip_history(windows, self.history_clip, self.score_steps)
         flat = reconstruction_errors(
-            model, self.of(selection), self.spec.input_shape, self.error, reduce=False
+            model,
+            shown.reshape(selection.size, -1),
+            self.spec.input_shape,
+            self.error,
+            reduce=False,
+            targets=windows.reshape(selection.size, -1),
         )
         return flat.reshape(selection.size, self.parts.index.window, -1)
 
@@ -138,12 +152,14 @@ def fit_series_model(
     score_steps: int = DEFAULT_SCORE_STEPS,
     feedback: FeedbackLabels | None = None,
     series_score: SeriesScore = DEFAULT_SERIES_SCORE,
+    history_clip: HistoryClipOption = DEFAULT_HISTORY_CLIP,
 ) -> TrainedModel:
     """Train and calibrate a windowed autoencoder on ``data``; `DataError`/`ConfigError` before
     any training when the data or options cannot work. At most ``max_train_windows`` training
     windows, evenly spread, feed the gradient steps; a window's score averages the errors of
     its last ``score_steps`` rows (``series_score``: over all channels, or the largest scaled
-    channel error). ``feedback`` (one label per row) works as for point models
+    channel error; ``history_clip``: see `trainer.history_clip`, None for none). ``feedback``
+    (one label per row) works as for point models
     (`trainer.fit_feedback`), by windows: a window ending at a confirmed row is labelled, one
     ending at a false positive trains (and leaves the percentile), and its key's threshold is
     raised over it.
@@ -158,12 +174,14 @@ def fit_series_model(
     parts, fp_windows = _split_with_false_positives(data, window, opts, feedback)
     train_rows = np.unique(parts.index.rows[parts.train])
     normaliser = KeyNormaliser.fit(data.x[train_rows], data.keys[train_rows])
+    normalised = normaliser.transform_rows(data.x, data.keys)
     inputs = WindowInputs(
-        normaliser.transform_rows(data.x, data.keys),
+        normalised,
         parts,
         series_spec(opts, window, data.x.shape[1]),
         opts.error or "mse",
         score_steps,
+        history_bounds(history_clip, normalised[train_rows]),
     )
     trained_on = _training_subsample(parts.train, fp_windows, max_train_windows)
     model, history, seconds = _train(inputs, trained_on, opts, say, quiet=quiet)
@@ -411,6 +429,14 @@ def _metrics(
     return metrics
 
 
+def manifest_history_clip(
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+) -> artifact.HistoryClip | None:
+    if bounds is None:
+        return None
+    return artifact.HistoryClip(low=bounds[0].tolist(), high=bounds[1].tolist())
+
+
 def series_manifest(
     data: SeriesData,
     inputs: WindowInputs,
@@ -483,5 +509,6 @@ def series_manifest(
             channel_scales=channel_scales,
             key_channel_scales=key_channel_scales,
             blend_scales=blend_scales,
+            history_clip=manifest_history_clip(inputs.history_clip),
         ),
     )

@@ -104,17 +104,21 @@ def reconstruction_errors(
     *,
     reduce: bool = True,
     feature_scales: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each row's score in scaled space, the same formula as ``ModelBundle.score``: the mean
     reconstruction error, or with ``feature_scales`` the largest scaled one (`row_scores`).
 
-    ``reduce=False`` returns the per-value errors (rows, values) instead, unscaled."""
+    ``reduce=False`` returns the per-value errors (rows, values) instead, unscaled.
+    ``targets`` (the shape of ``xs``): what the reconstructions of ``xs`` are measured against,
+    when the network is shown something else than the rows scored (a clipped window)."""
     width = xs.shape[1] if xs.ndim == 2 else 1
     out = np.empty((xs.shape[0], width) if not reduce else xs.shape[0], dtype=np.float64)
     for start in range(0, xs.shape[0], artifact.SCORE_CHUNK_ROWS):
         chunk = xs[start : start + artifact.SCORE_CHUNK_ROWS]
         rec = np.asarray(model(chunk.reshape(-1, *input_shape), training=False))
-        fe = artifact.feature_errors(chunk, rec.reshape(chunk.shape[0], -1), error)
+        target = chunk if targets is None else targets[start : start + chunk.shape[0]]
+        fe = artifact.feature_errors(target, rec.reshape(chunk.shape[0], -1), error)
         stop = start + chunk.shape[0]
         out[start:stop] = artifact.row_scores(fe, feature_scales) if reduce else fe
     return out

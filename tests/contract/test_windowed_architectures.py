@@ -75,9 +75,13 @@ def test_round_trip_scores_match_the_trained_network(fitted, machines) -> None: 
     found = series.row_windows(machines.x, machines.keys, machines.times)
     normalised = found.normalised()
     flat = normalised.reshape(normalised.shape[0], -1)
+    # the Keras network is shown the windows with their history clipped, as the model shows them
+    assert series.history_clip is not None
+    shown = series.shown(normalised).reshape(flat.shape)
     element = reconstruction_errors(
-        trained.model, flat, trained.spec.input_shape, bundle.manifest.error, reduce=False
-    )
+        trained.model, shown, trained.spec.input_shape, bundle.manifest.error, reduce=False,
+        targets=flat,
+    )  # fmt: skip
     scales = series.channel_scales_for(found.keys[found.scored_rows])
     expected = window_scores(
         element.reshape(normalised.shape), series.score_steps, scales, series.blend_scales

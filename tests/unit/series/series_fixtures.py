@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_contract.artifact import ModelBundle, Scaler, SeriesParams
+from anomaly_contract.artifact import HistoryClip, ModelBundle, Scaler, SeriesParams
 from anomaly_contract.engines import DenseEngine
 from anomaly_contract.key_normaliser import KeyNormaliser
 from anomaly_contract.key_thresholds import fit_key_thresholds
@@ -36,10 +36,12 @@ def series_bundle(
     channel_scales: list[float] | None = None,
     key_channel_scales: dict[str, list[float]] | None = None,
     blend_scales: list[float] | None = None,
+    history_clip: float | None = None,
 ) -> ModelBundle:
     """A windowed dense model whose normaliser knows ``train_keys``; thresholds from noise.
     ``channel_scales`` makes it a ``channel_max`` model (the mean score without them), with
-    ``key_channel_scales`` for some keys; ``blend_scales`` too a ``blend`` one."""
+    ``key_channel_scales`` for some keys; ``blend_scales`` too a ``blend`` one. ``history_clip``
+    clips the windows' history to +-history_clip before the network sees them."""
     rng = np.random.default_rng(7)
     size, hidden = window * channels, 5
     engine = DenseEngine(
@@ -64,6 +66,9 @@ def series_bundle(
                 key_column="key",
                 normaliser=normaliser.to_json(),
                 thresholds=thresholds.to_json(),
+                history_clip=None
+                if history_clip is None
+                else HistoryClip(low=[-history_clip] * channels, high=[history_clip] * channels),
                 **(
                     {}
                     if channel_scales is None

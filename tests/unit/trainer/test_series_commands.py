@@ -224,6 +224,10 @@ def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -
         (["--key-column", "key"], ("--key-column", "windowed")),
         (["--architecture", "lstm"], ("--window",)),
         (["--series-score", "channel-max"], ("--series-score", "windowed")),
+        (["--history-clip", "2"], ("--history-clip", "windowed")),
+        (["--window", "8", "--key-column", "key", "--history-clip", "-1"], ("--history-clip",)),
+        (["--window", "8", "--key-column", "key", "--history-clip", "nan"], ("--history-clip",)),
+        (["--window", "8", "--key-column", "key", "--history-clip", "wide"], ("--history-clip",)),
     ],
 )
 def test_bad_series_input_is_one_line_and_publishes_nothing(capsys, tmp_path, extra, words) -> None:  # type: ignore[no-untyped-def]
@@ -266,3 +270,40 @@ def test_a_windowed_version_survives_the_model_topic_packing(series_model, tmp_p
     again = load_version_dir(tmp_path / "v").series.score_rows(x, keys, t)
     first = load_bundle(model_dir).series.score_rows(x, keys, t)
     np.testing.assert_array_equal(again.scores, first.scores)
+
+
+def test_fit_clips_the_history_by_default_and_calibrates_on_what_the_model_scores(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from anomaly_contract.key_thresholds import KeyThresholds
+    from trainer.history_clip import MARGIN
+
+    data, model_dir = _fit_with_series_score(tmp_path, "blend")
+    bundle = load_bundle(model_dir)
+    series = bundle.manifest.series
+    assert series is not None and series.history_clip is not None
+    # auto: each channel's range over the training rows (normalised: about +-3), widened
+    low, high = np.array(series.history_clip.low), np.array(series.history_clip.high)
+    assert low.shape == high.shape == (3,)
+    assert np.all((low > -6) & (low < -1 - MARGIN)) and np.all((high > 1 + MARGIN) & (high < 6))
+    # The thresholds are percentiles of the clipped scores: about 1 % of the rows score above
+    # their key's, as calibrated (the unclipped scores of the same network would differ).
+    frame = pd.read_csv(data)
+    x = frame[["temp", "load", "vibration"]].to_numpy()
+    result = bundle.series.score_rows(x, frame["key"], frame["t"])
+    relative = result.scores / result.thresholds
+    assert 0.0 < np.nanmean(relative > 1.0) < 0.05
+    assert KeyThresholds.from_json(series.thresholds).pooled > 0
+    out = tmp_path / "clean.csv"
+    assert main(["denoise", str(data), "--model-dir", str(model_dir), "-o", str(out)]) == 0
+
+
+def test_fit_history_clip_off_shows_the_windows_unclipped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = _machines_csv(tmp_path / "d.csv", keys=3, length=300)
+    model_dir = tmp_path / "m"
+    args = ["fit", str(data), "--model-dir", str(model_dir), "--window", str(WINDOW)]
+    keyed = ["--key-column", "key", "--time-column", "t", "--architecture", "dense"]
+    assert main([*args, *keyed, "--history-clip", "off", *FAST]) == 0
+    series = load_bundle(model_dir).manifest.series
+    assert series is not None and series.history_clip is None
+    version = (model_dir / "CURRENT").read_text().strip()
+    written = json.loads((model_dir / "versions" / version / "manifest.json").read_text())
+    assert "history_clip" not in written["series"]  # as before the field: older workers load it
