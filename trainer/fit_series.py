@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,11 +33,9 @@ import numpy as np
 from anomaly_contract import artifact
 from anomaly_contract.errors import ConfigError, DataError
 from anomaly_contract.key_normaliser import KeyNormaliser
-from anomaly_contract.key_thresholds import KeyThresholds, fit_key_thresholds
-from anomaly_contract.model_dir import utc_now
+from anomaly_contract.key_thresholds import fit_key_thresholds
 from anomaly_contract.series import clip_history, window_scores
 from anomaly_contract.windows import WindowIndex, index_windows, split_windows_in_time
-from trainer import calibration
 from trainer.data_series import SeriesData
 from trainer.feedback import FeedbackLabels
 from trainer.fit import FitOptions, TrainedModel, default_batch_size
@@ -51,17 +49,16 @@ from trainer.fit_feedback import (
 from trainer.history_clip import DEFAULT_HISTORY_CLIP, HistoryClipOption, history_bounds
 from trainer.models import ModelSpec, make_spec
 from trainer.progress import track
+from trainer.series_manifest import series_manifest
 from trainer.series_score_scales import (
     DEFAULT_SERIES_SCORE,
     ScoreScales,
     SeriesScore,
     check_series_score,
     fit_series_score_scales,
-    manifest_scales,
     scales_for_keys,
-    series_score_note,
 )
-from trainer.training import epoch_progress, library_versions, reconstruction_errors, train_network
+from trainer.training import epoch_progress, reconstruction_errors, train_network
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -427,88 +424,3 @@ def _metrics(
         metrics["pr_auc"] = float(average_precision_score(heldout_labels, heldout_relative))
         metrics["heldout_recall"] = float(np.mean(heldout_relative[heldout_labels == 1] > 1.0))
     return metrics
-
-
-def manifest_history_clip(
-    bounds: tuple[np.ndarray, np.ndarray] | None,
-) -> artifact.HistoryClip | None:
-    if bounds is None:
-        return None
-    return artifact.HistoryClip(low=bounds[0].tolist(), high=bounds[1].tolist())
-
-
-def series_manifest(
-    data: SeriesData,
-    inputs: WindowInputs,
-    opts: FitOptions,
-    normaliser: KeyNormaliser,
-    thresholds: KeyThresholds,
-    cal_errors: np.ndarray,
-    metrics: dict[str, float],
-) -> artifact.Manifest:
-    """The unpublished manifest of a windowed model (``series`` set, pooled ``threshold``)."""
-    spec, parts, error = inputs.spec, inputs.parts, inputs.error
-    window, score_steps = parts.index.window, inputs.score_steps
-    _, stats = calibration.calibrate(cal_errors, opts.percentile)
-    own = len(thresholds.per_key)
-    notes = [
-        f"windows of {window} rows per key; {own} of {len(thresholds.windows)} calibrated keys "
-        f"have their own p{opts.percentile:g} threshold, the rest (and keys unseen in training) "
-        f"use the pooled {thresholds.pooled:.4g}",
-        f"keys unseen in training learn their normalisation from their first "
-        f"{normaliser.warmup_records} records and are not scored before",
-    ]
-    score_note = series_score_note(score_steps, inputs.score_scales)
-    if score_note is not None:
-        notes.append(score_note)
-    hyper = {
-        **{k: v for k, v in asdict(opts).items() if k != "image_shape"},
-        "architecture": spec.architecture,
-        "hidden": list(spec.hidden),
-        "latent": spec.latent,
-        "activation": spec.activation,
-        "window": window,
-        "error": error,
-    }
-    train_rows = np.unique(parts.index.rows[parts.train])
-    score, channel_scales, key_channel_scales, blend_scales = manifest_scales(inputs.score_scales)
-    return artifact.Manifest(
-        version="unpublished",
-        created_at=utc_now(),
-        architecture=spec.architecture,
-        feature_names=list(data.channel_names),
-        input_shape=list(spec.input_shape),
-        latent_dim=spec.latent,
-        loss="mse",
-        error=error,
-        denoise=spec.denoise,
-        threshold=thresholds.pooled,
-        percentile=opts.percentile,
-        calibration=stats,
-        data_source=data.source,
-        data_fingerprint=calibration.fingerprint_arrays([data.x[train_rows]], data.channel_names),
-        rows=artifact.RowCounts(
-            total=data.n_rows,
-            train=int(parts.train.size),
-            validation=int(parts.validation.size),
-            calibration=int(parts.calibration.size),
-            excluded_labelled=int(parts.labelled.size),
-        ),
-        hyperparameters=hyper,
-        validation_metrics=metrics,
-        library_versions=library_versions(),
-        notes=notes,
-        series=artifact.SeriesParams(
-            window=window,
-            score_steps=score_steps,
-            key_column=data.key_column,
-            time_column=data.time_column,
-            normaliser=normaliser.to_json(),
-            thresholds=thresholds.to_json(),
-            score=score,
-            channel_scales=channel_scales,
-            key_channel_scales=key_channel_scales,
-            blend_scales=blend_scales,
-            history_clip=manifest_history_clip(inputs.history_clip),
-        ),
-    )
